@@ -17,4 +17,3 @@ tf.config.set_logical_device_configuration(
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-

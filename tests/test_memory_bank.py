@@ -2,7 +2,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import keras_round_trip
 
 from ppl_tf.layers import ClassifierMemoryBank
 

@@ -86,7 +86,7 @@ def resnet_backbone(name, output_stride=16, weights=None):
         dilated.get_layer("conv2_block3_out").output,
         dilated.get_layer("conv5_block3_out").output,
     ]
-    return keras.Model(dilated.inputs, outputs, name=f"{name}_backbone")
+    return keras.Model(dilated.inputs[0], outputs, name=f"{name}_backbone")
 
 
 def _conv_bn_relu(x, filters, kernel_size, strides=1, dilation=1, name=None, relu=True):

@@ -1,0 +1,66 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import keras_round_trip, relative_error
+
+from ppl_tf.layers import DilatedConv2D
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_size, rate, padding",
+    [
+        ((2, 17, 23, 5), 3, 2, "same"),
+        ((1, 32, 32, 4), 3, 6, "same"),
+        ((1, 40, 37, 3), 3, 18, "same"),
+        ((2, 20, 20, 3), 3, 4, "valid"),
+        ((1, 16, 16, 2), (3, 5), (2, 3), "same"),
+        ((1, 9, 9, 2), 3, 1, "same"),
+    ],
+)
+def test_matches_keras_conv2d_in_output_and_gradient(shape, kernel_size, rate, padding, rng):
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    kwargs = dict(kernel_size=kernel_size, dilation_rate=rate, padding=padding, filters=6)
+    reference = keras.layers.Conv2D(**kwargs)
+    ours = DilatedConv2D(**kwargs)
+    reference.build(shape)
+    ours.build(shape)
+    ours.set_weights(reference.get_weights())
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ref = reference(x)
+        y = ours(x)
+        target = tf.constant(rng.normal(size=y_ref.shape).astype("float32"))
+        loss_ref = tf.reduce_sum(y_ref * target)
+        loss = tf.reduce_sum(y * target)
+    assert y.shape == y_ref.shape
+    assert relative_error(y, y_ref) < 1e-5
+    for g, g_ref in zip(
+        tape.gradient(loss, [x, ours.kernel.value, ours.bias.value]),
+        tape.gradient(loss_ref, [x, reference.kernel.value, reference.bias.value]),
+        strict=True,
+    ):
+        assert relative_error(g, g_ref) < 1e-5
+
+
+def test_graph_uses_direct_dilation_without_space_to_batch():
+    layer = DilatedConv2D(4, 3, dilation_rate=6, padding="same")
+    layer.build((None, None, None, 3))
+    fn = tf.function(lambda x: layer(x)).get_concrete_function(
+        tf.TensorSpec((None, None, None, 3), tf.float32)
+    )
+    ops_used = {op.type for op in fn.graph.get_operations()}
+    assert "Conv2D" in ops_used
+    assert "SpaceToBatchND" not in ops_used
+    conv = next(op for op in fn.graph.get_operations() if op.type == "Conv2D")
+    assert list(conv.get_attr("dilations")) == [1, 6, 6, 1]
+    assert conv.get_attr("padding") == b"VALID"
+
+
+def test_round_trip_and_bad_arguments(tmp_path, rng):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, DilatedConv2D(2, 3, dilation_rate=2, padding="same")(inputs))
+    x = rng.normal(size=(1, 9, 9, 3)).astype("float32")
+    np.testing.assert_array_equal(keras_round_trip(model, tmp_path)(x), model(x))
+    with pytest.raises(ValueError, match="strides=.*dilation_rate="):
+        DilatedConv2D(2, 3, strides=2, dilation_rate=2)

@@ -1,0 +1,106 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import count_params, keras_round_trip, relative_error
+
+from ppl_tf.layers import PrototypeAttention
+
+
+def randomise_batchnorm(layer, rng):
+    for sub in layer._flatten_layers():
+        if isinstance(sub, keras.layers.BatchNormalization):
+            n = sub.gamma.shape[0]
+            sub.gamma.assign(rng.uniform(0.5, 1.5, n))
+            sub.beta.assign(rng.normal(0, 0.2, n))
+            sub.moving_mean.assign(rng.normal(0, 0.2, n))
+            sub.moving_variance.assign(rng.uniform(0.5, 1.5, n))
+
+
+def block_reference(block, x, training):
+    """[linear + BN + ReLU] x depth in float64, from the block's weights."""
+    for dense, bn in zip(block.dense_layers, block.norm_layers, strict=True):
+        x = x @ dense.kernel.numpy().astype(np.float64)
+        if training:
+            axes = tuple(range(x.ndim - 1))
+            mean, var = x.mean(axes), x.var(axes)
+        else:
+            mean, var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+        x = (x - mean) / np.sqrt(var + bn.epsilon) * bn.gamma.numpy() + bn.beta.numpy()
+        x = np.maximum(x, 0.0)
+    return x
+
+
+def eq23_reference(layer, features, prototypes, training):
+    f = features.astype(np.float64)
+    cm = prototypes.astype(np.float64).reshape(-1, prototypes.shape[-1])  # index k*T + t
+    scores = block_reference(layer.rho, f, training) @ block_reference(layer.psi, cm, training).T
+    scores -= scores.max(-1, keepdims=True)
+    w = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)  # Eq. (2)
+    context = w @ block_reference(layer.delta, cm, training)
+    refined = (block_reference(layer.g, context, training) + f) / 2.0  # Eq. (3)
+    return w, refined
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize(
+    "feature_shape, num_classes, length, key_channels",
+    [((2, 4, 5, 16), 3, 4, 8), ((1, 7, 3, 8), 5, 2, 4), ((3, 2, 2, 32), 2, 10, 16)],
+)
+def test_matches_eq2_eq3(feature_shape, num_classes, length, key_channels, training, rng):
+    channels = feature_shape[-1]
+    features = rng.normal(size=feature_shape).astype("float32")
+    prototypes = rng.normal(size=(num_classes, length, channels)).astype("float32")
+    layer = PrototypeAttention(key_channels)
+    layer.build(features.shape, prototypes.shape)
+    randomise_batchnorm(layer, rng)
+    w_ref, refined_ref = eq23_reference(layer, features, prototypes, training)
+    w = layer.affinity(features, prototypes, training=training)
+    assert w.shape == feature_shape[:-1] + (num_classes * length,)
+    assert relative_error(w, w_ref) < 1e-5
+    refined = layer(features, prototypes, training=training)
+    assert relative_error(refined, refined_ref) < 1e-5
+
+
+def test_standard_layer_checks(tmp_path, rng):
+    layer = PrototypeAttention(4, name="attention")
+    config = layer.get_config()
+    assert PrototypeAttention.from_config(config).get_config() == config
+    # Symbolic call.
+    f_in = keras.Input((None, None, 8))
+    p_in = keras.Input((3, 8), batch_size=5)  # (K, T, C) = (5, 3, 8)
+    out = layer(f_in, p_in)
+    assert out.shape == (None, None, None, 8)
+    # rho 8*4 + 4*4, psi 8*4 + 4*4, delta 8*4, g 4*8 linear weights; BN: 5 of width 4, 1 of 8.
+    linear = 2 * (32 + 16) + 32 + 32
+    assert count_params(layer.trainable_weights) == linear + 2 * (5 * 4 + 8)
+    assert count_params(layer.non_trainable_weights) == 2 * (5 * 4 + 8)
+    assert all(hasattr(layer, name) for name in ("rho", "psi", "delta", "g"))
+    model = keras.Model([f_in, p_in], out)
+    features = rng.normal(size=(2, 3, 3, 8)).astype("float32")
+    prototypes = rng.normal(size=(5, 3, 8)).astype("float32")
+    eager = model([features, prototypes])
+    restored = keras_round_trip(model, tmp_path)
+    np.testing.assert_allclose(restored([features, prototypes]), eager, rtol=1e-6, atol=1e-6)
+    # One training step: every trainable weight gets a finite gradient and moves.
+    optimizer = keras.optimizers.SGD(0.1)
+    before = [w.numpy().copy() for w in layer.trainable_weights]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean((layer(features, prototypes, training=True) - 1.0) ** 2)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+    optimizer.apply(grads, layer.trainable_weights)
+    after = [w.numpy() for w in layer.trainable_weights]
+    assert all(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="key_channels=0"):
+        PrototypeAttention(0)
+    layer = PrototypeAttention(4)
+    with pytest.raises(
+        ValueError, match=r"features.shape=\(1, 2, 2, 8\), prototypes.shape=\(3, 2, 6\)"
+    ):
+        layer(np.zeros((1, 2, 2, 8), "float32"), np.zeros((3, 2, 6), "float32"))
+    with pytest.raises(ValueError, match=r"`prototypes` must have rank 3.*\(6, 8\)"):
+        PrototypeAttention(4)(np.zeros((1, 2, 2, 8), "float32"), np.zeros((6, 8), "float32"))
