@@ -1,0 +1,167 @@
+"""tf.data pipelines: the trainer's dict batches and evaluation batches.
+
+Trainer batches (DESIGN.md) are dicts of
+  labeled_images (B, S, S, 3) float32 in [0, 255], labeled_masks (B, S, S) int32,
+  unlabeled_weak and unlabeled_strong (B', S, S, 3) float32 (one geometry, two colourings),
+  unlabeled_masks (B', S, S) int32 when every unlabeled image has a mask (metrics only),
+  unlabeled_cutmix_box (B', S, S) bool when CutMix is on.
+The streams repeat forever and are reproducible from `seed`; `fit` takes steps_per_epoch.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from ppl_tf.data.augment import apply_cutmix, cutmix_boxes, strong_photometric, weak_geometry
+from ppl_tf.data.classes import IGNORE_LABEL
+from ppl_tf.data.decode import read_pair
+from ppl_tf.data.sources import Sample, SegmentationSource
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_size: int = 512
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    cutmix: bool = False
+    cutmix_p: float = 0.5
+
+
+def decoded_dataset(
+    source: SegmentationSource, samples: list[Sample], convert_images=False
+) -> tf.data.Dataset:
+    """(image uint8 (H, W, 3), mask uint8 (H, W)) per sample; masks of 255 where none exists.
+
+    Decoding runs `ppl_tf.data.decode.read_pair`, so a corrupt file, a mask of the wrong size or
+    an out-of-range label stops the pipeline with an error naming the file.
+    """
+    images = [str(s.image) for s in samples]
+    masks = [str(s.mask) if s.mask is not None else "" for s in samples]
+    lookup = source.label_lookup
+    num_classes = source.num_classes
+
+    def load(image_path, mask_path):
+        image_path = image_path.decode()
+        mask_path = mask_path.decode() or None
+        image, mask = read_pair(image_path, mask_path, num_classes, lookup, convert_images)
+        if mask is None:
+            mask = np.full(image.shape[:2], IGNORE_LABEL, np.uint8)
+        return image, mask
+
+    def tf_load(image_path, mask_path):
+        image, mask = tf.numpy_function(load, [image_path, mask_path], [tf.uint8, tf.uint8])
+        return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(mask, [None, None])
+
+    ds = tf.data.Dataset.from_tensor_slices((images, masks))
+    return ds.map(tf_load, num_parallel_calls=AUTOTUNE)
+
+
+def _seeded(ds, seed):
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip(ds, seeds)
+
+
+def _stream(source, samples, seed, convert_images, cache):
+    ds = decoded_dataset(source, samples, convert_images)
+    if cache:
+        ds = ds.cache()
+    return ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True).repeat()
+
+
+def labeled_stream(
+    source, samples, batch_size, augment: AugmentConfig, seed, convert_images=False, cache=False
+):
+    """Weakly augmented labeled batches: (images, masks)."""
+    ds = _seeded(_stream(source, samples, seed, convert_images, cache), seed + 1)
+
+    def augment_one(example, example_seed):
+        image, mask = example
+        return weak_geometry(image, mask, example_seed, augment.crop_size, augment.scale_range)
+
+    ds = ds.map(augment_one, num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True)
+
+
+def unlabeled_stream(
+    source, samples, batch_size, augment: AugmentConfig, seed, convert_images=False, cache=False
+):
+    """Unlabeled batches: dict of weak view, strong view, masks (all 255 where none)."""
+    ds = _seeded(_stream(source, samples, seed, convert_images, cache), seed + 1)
+
+    def augment_one(example, example_seed):
+        image, mask = example
+        seeds = tf.random.experimental.stateless_split(example_seed, 2)
+        weak, mask = weak_geometry(image, mask, seeds[0], augment.crop_size, augment.scale_range)
+        strong = strong_photometric(weak, seeds[1])
+        return {"unlabeled_weak": weak, "unlabeled_strong": strong, "unlabeled_masks": mask}
+
+    ds = ds.map(augment_one, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if augment.cutmix:
+        ds = _seeded(ds, seed + 2)
+
+        def mix(batch, batch_seed):
+            boxes = cutmix_boxes(
+                batch_size, augment.crop_size, augment.crop_size, batch_seed, augment.cutmix_p
+            )
+            return {
+                **batch,
+                "unlabeled_strong": apply_cutmix(batch["unlabeled_strong"], boxes),
+                "unlabeled_cutmix_box": boxes,
+            }
+
+        ds = ds.map(mix, num_parallel_calls=AUTOTUNE)
+    return ds
+
+
+def semi_supervised_dataset(
+    source: SegmentationSource,
+    labeled_ids,
+    unlabeled_ids,
+    labeled_batch_size,
+    unlabeled_batch_size,
+    augment: AugmentConfig,
+    seed=0,
+    convert_images=False,
+    cache=False,
+) -> tf.data.Dataset:
+    """The trainer's infinite stream of dict batches (see the module docstring)."""
+    labeled = source.resolve(labeled_ids, "labeled", need_masks=True)
+    unlabeled = source.resolve(unlabeled_ids, "unlabeled")
+    has_masks = all(s.mask is not None for s in unlabeled)
+    lab = labeled_stream(source, labeled, labeled_batch_size, augment, seed, convert_images, cache)
+    unl = unlabeled_stream(
+        source, unlabeled, unlabeled_batch_size, augment, seed + 100, convert_images, cache
+    )
+
+    def merge(lab_batch, unl_batch):
+        images, masks = lab_batch
+        batch = {"labeled_images": images, "labeled_masks": masks, **unl_batch}
+        if not has_masks:
+            batch.pop("unlabeled_masks")
+        return batch
+
+    return tf.data.Dataset.zip(lab, unl).map(merge, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def eval_dataset(
+    source: SegmentationSource, ids, batch_size=1, convert_images=False, cache=False
+) -> tf.data.Dataset:
+    """(images float32 (B, H, W, 3), masks int32 (B, H, W)) at full resolution.
+
+    Images of different sizes in one batch are padded (image 0, mask 255, so padding is
+    ignored by the metrics).
+    """
+    samples = source.resolve(ids, "val", need_masks=True)
+    ds = decoded_dataset(source, samples, convert_images)
+    if cache:
+        ds = ds.cache()
+    ds = ds.map(lambda image, mask: (tf.cast(image, tf.float32), tf.cast(mask, tf.int32)))
+    ds = ds.padded_batch(
+        batch_size,
+        padded_shapes=([None, None, 3], [None, None]),
+        padding_values=(0.0, IGNORE_LABEL),
+    )
+    return ds.prefetch(AUTOTUNE)

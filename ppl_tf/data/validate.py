@@ -1,0 +1,100 @@
+"""The validation pass: finds unusable files before training starts.
+
+The cheap pass (`full=False`) reads only file headers: missing files, undecodable headers,
+image modes, mask modes and image/mask size mismatches. The full pass also decodes every
+file and checks label values. Problems raise one `DataError` listing them all, unless
+`skip_bad=True`, which drops the bad samples and reports them (never silently).
+"""
+
+from dataclasses import dataclass, field
+
+from PIL import Image, UnidentifiedImageError
+
+from ppl_tf.data.decode import DataError, describe_mode, read_pair
+from ppl_tf.data.sources import SegmentationSource
+from ppl_tf.data.splits import Splits
+
+
+@dataclass
+class ValidationReport:
+    checked: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (sample id, message)
+
+    @property
+    def bad_ids(self):
+        return {sample_id for sample_id, _ in self.problems}
+
+    def summary(self, limit=20):
+        lines = [f"{len(self.bad_ids)} of {self.checked} samples have problems:"]
+        lines += [f"  {message}" for _, message in self.problems[:limit]]
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more")
+        return "\n".join(lines)
+
+
+def _header(path):
+    try:
+        with Image.open(path) as image:
+            return image.size, image.mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"{path}: cannot decode the image ({error})") from None
+
+
+def check_sample(source, sample, full=False, convert_images=False):
+    """Raises DataError for the first problem of one sample."""
+    if full:
+        read_pair(
+            sample.image, sample.mask, source.num_classes, source.label_lookup, convert_images
+        )
+        return
+    size, mode = _header(sample.image)
+    if mode != "RGB" and not convert_images:
+        raise DataError(
+            f"{sample.image}: image is {describe_mode(mode)}, not 8-bit RGB; convert it, or pass "
+            "convert_images=True to convert grayscale, RGBA and 16-bit images on load"
+        )
+    if sample.mask is not None:
+        mask_size, mask_mode = _header(sample.mask)
+        if mask_mode not in ("L", "P"):
+            raise DataError(
+                f"{sample.mask}: mask is {describe_mode(mask_mode)}; masks must hold class ids "
+                "in one 8-bit channel (grayscale or palette PNG)"
+            )
+        if mask_size != size:
+            raise DataError(
+                f"{sample.mask}: mask is {mask_size[0]}x{mask_size[1]} (WxH) but its image "
+                f"{sample.image} is {size[0]}x{size[1]}"
+            )
+
+
+def validate(
+    source: SegmentationSource, splits: Splits, full=False, convert_images=False, skip_bad=False
+):
+    """Checks every sample of `splits`; returns (splits without bad samples, report)."""
+    report = ValidationReport()
+    for name in ("labeled", "unlabeled", "val"):
+        need_masks = name != "unlabeled"
+        for sample in source.resolve(getattr(splits, name), name, need_masks=need_masks):
+            report.checked += 1
+            try:
+                check_sample(source, sample, full, convert_images)
+            except DataError as error:
+                report.problems.append((sample.id, str(error)))
+    if not report.problems:
+        return splits, report
+    if not skip_bad:
+        raise DataError(report.summary() + "\n(pass skip_bad=True to leave these samples out)")
+    bad = report.bad_ids
+    kept = Splits(
+        *(
+            tuple(i for i in getattr(splits, n) if i not in bad)
+            for n in ("labeled", "unlabeled", "val")
+        )
+    )
+    print(f"validation: skipping {len(bad)} bad samples\n{report.summary()}")
+    for name in ("labeled", "unlabeled", "val"):
+        if not getattr(kept, name):
+            raise DataError(f"{name}: no samples left after skipping bad files\n{report.summary()}")
+    return kept, report
