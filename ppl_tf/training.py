@@ -55,6 +55,13 @@ def _downsample_labels(labels, size):
     return tf.cast(tf.image.resize(labels[..., None], size, method="nearest")[..., 0], labels.dtype)
 
 
+def use_synchronized_batchnorm(model, enabled=True):
+    """Makes every BatchNormalization layer of `model` compute statistics over all replicas."""
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = enabled
+
+
 @keras.saving.register_keras_serializable(package="ppl_tf")
 class PPLTrainer(keras.Model):
     """Teacher-student trainer with PPL's pushing and pulling losses.
@@ -132,6 +139,9 @@ class PPLTrainer(keras.Model):
             teacher.set_weights(student.get_weights())
         teacher.trainable = False
         self.teacher = teacher
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            for network in (student, teacher):
+                use_synchronized_batchnorm(network)
         self.num_classes = int(student.output.shape[-1])
         # Views that share the networks' layers; kept out of Keras' tracking so that weights
         # are saved once, under `student` and `teacher`.
@@ -282,8 +292,11 @@ class PPLTrainer(keras.Model):
         # written into the gradient so SGD's own state is all the optimizer carries.
         variables = self.student.trainable_weights
         grads = tape.gradient(loss, variables)
+        # The optimizer sums the replicas' gradients: each replica adds its share of the decay.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        weight_decay = self.weight_decay / replicas
         grads = [
-            scale * (g + self.weight_decay * v if decay else g)
+            scale * (g + weight_decay * v if decay else g)
             for g, v, scale, decay in zip(
                 grads, variables, self._lr_scale, self._decays, strict=True
             )
@@ -331,10 +344,16 @@ class PPLTrainer(keras.Model):
 
     def _train_logs(self):
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        # A term that is switched off is absent from the logs, not logged as zero.
         if not self.use_unlabeled:
-            logs.pop("mask_ratio")
-        logs["pseudo_miou"] = self.pseudo_iou.result()
-        logs["pseudo_recall"] = self.pseudo_coverage.recall()
+            for name in ("mask_ratio", "loss_unlabeled_ce"):
+                logs.pop(name)
+        if not (self.use_unlabeled and self.use_push and self.student_stages):
+            for name in [n for n in logs if n.startswith("loss_contrast")]:
+                logs.pop(name)
+        if self.use_unlabeled:
+            logs["pseudo_miou"] = self.pseudo_iou.result()
+            logs["pseudo_recall"] = self.pseudo_coverage.recall()
         return logs
 
     # ------------------------------------------------------------------ eval

@@ -1,0 +1,283 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ppl_tf.models import build_segmenter, ppl_stages
+from ppl_tf.training import PPLTrainer, ema_alpha, use_synchronized_batchnorm
+
+NUM_CLASSES = 3
+SIZE = 32
+
+
+def make_trainer(seed=0, num_stages=2, **kwargs):
+    keras.utils.set_random_seed(seed)
+    student = build_segmenter(
+        NUM_CLASSES, "tiny", num_stages=num_stages, memory_length=4, backbone_weights=None,
+        decoder_channels=16,
+    )  # fmt: skip
+    kwargs.setdefault("total_steps", 20)
+    kwargs.setdefault("backbone_lr_multiplier", 1.0)
+    trainer = PPLTrainer(student, **kwargs)
+    trainer.compile(base_lr=0.05)
+    return trainer
+
+
+def square_batch(seed, batch=2, cutmix=False):
+    """Colour squares on gray: class 1 = red square, class 2 = blue square, 0 = background."""
+    rng = np.random.default_rng(seed)
+
+    def scenes(n):
+        images = np.full((n, SIZE, SIZE, 3), 120.0, np.float32) + rng.normal(
+            0, 10, (n, SIZE, SIZE, 3)
+        )
+        masks = np.zeros((n, SIZE, SIZE), np.int32)
+        for i in range(n):
+            for cls, color in ((1, (230, 30, 30)), (2, (30, 30, 230))):
+                y, x = rng.integers(0, SIZE - 12, 2)
+                images[i, y : y + 12, x : x + 12] = color
+                masks[i, y : y + 12, x : x + 12] = cls
+        return images.astype(np.float32), masks
+
+    labeled_images, labeled_masks = scenes(batch)
+    weak, unlabeled_masks = scenes(batch)
+    strong = np.clip(weak * 0.8 + 20, 0, 255).astype(np.float32)
+    out = {
+        "labeled_images": labeled_images,
+        "labeled_masks": labeled_masks,
+        "unlabeled_weak": weak,
+        "unlabeled_strong": strong,
+        "unlabeled_masks": unlabeled_masks,
+    }
+    return {k: tf.constant(v) for k, v in out.items()}
+
+
+def weights_of(model):
+    return [w.numpy().copy() for w in model.weights]
+
+
+def test_alpha_schedule_values():
+    assert float(ema_alpha(0, 100)) == pytest.approx(0.99)
+    assert float(ema_alpha(50, 100)) == pytest.approx(0.995)
+    assert float(ema_alpha(100, 100)) == pytest.approx(1.0)
+    assert float(ema_alpha(25, 100)) == pytest.approx(0.99 + 0.01 * (1 - math.cos(math.pi / 4)) / 2)
+    assert float(ema_alpha(500, 100)) == pytest.approx(1.0)
+
+
+def test_teacher_is_frozen_copy_and_not_in_optimizer():
+    trainer = make_trainer()
+    assert trainer.teacher.trainable_weights == []
+    assert len(trainer.trainable_weights) == len(trainer.student.trainable_weights)
+    for t, s in zip(trainer.teacher.weights, trainer.student.weights, strict=True):
+        np.testing.assert_array_equal(t.numpy(), s.numpy())
+
+
+def test_one_ema_update_equals_the_formula_on_every_teacher_weight():
+    trainer = make_trainer()
+    rng = np.random.default_rng(3)
+    bank_ids = {id(s.memory.prototypes) for s in ppl_stages(trainer.teacher)}
+    for w in trainer.teacher.weights:  # make teacher != student, BN statistics included
+        if id(w) not in bank_ids:
+            w.assign(w.numpy() + rng.normal(0, 0.1, w.shape).astype("float32"))
+    teacher_before = weights_of(trainer.teacher)
+    trainer.train_step(square_batch(0))
+    alpha = float(ema_alpha(1, trainer.total_steps))
+    checked = 0
+    for t_before, t, s in zip(
+        teacher_before, trainer.teacher.weights, trainer.student.weights, strict=True
+    ):
+        if id(t) in bank_ids:
+            continue
+        np.testing.assert_allclose(
+            t.numpy(), alpha * t_before + (1 - alpha) * s.numpy(), rtol=1e-5, atol=1e-6
+        )
+        checked += 1
+    moving = [w for w in trainer.teacher.weights if "moving" in w.name]
+    assert moving and checked == len(trainer.teacher.weights) - len(bank_ids)
+    # Banks: each network pushed its own (teacher: EMA) classifier.
+    for network in (trainer.student, trainer.teacher):
+        for stage in ppl_stages(network):
+            np.testing.assert_array_equal(
+                stage.memory.prototypes.numpy()[:, -1], stage.classifier.kernel.numpy().T
+            )
+
+
+def test_pseudo_label_mask_is_max_prob_above_tau():
+    trainer = make_trainer()
+    batch = square_batch(1)
+    probs = tf.nn.softmax(trainer.teacher(batch["unlabeled_weak"]), -1).numpy()
+    trainer.tau = float(np.median(probs.max(-1)))  # so that the threshold splits this batch
+    labels, mask = trainer._pseudo_labels(batch)
+    np.testing.assert_array_equal(labels.numpy(), probs.argmax(-1))
+    np.testing.assert_array_equal(mask.numpy(), (probs.max(-1) > trainer.tau).astype("float32"))
+    assert 0.3 < mask.numpy().mean() < 0.7
+
+
+@pytest.mark.parametrize(
+    "kwargs, present, absent",
+    [
+        (
+            {},
+            [
+                "loss_labeled",
+                "loss_unlabeled_ce",
+                "loss_contrast",
+                "loss_contrast_1",
+                "loss_contrast_2",
+            ],
+            [],
+        ),
+        (
+            {"use_push": False},
+            ["loss_labeled", "loss_unlabeled_ce"],
+            ["loss_contrast", "loss_contrast_1"],
+        ),
+        (
+            {"use_unlabeled": False},
+            ["loss_labeled"],
+            ["loss_unlabeled_ce", "loss_contrast", "mask_ratio"],
+        ),
+        ({"num_stages": 0}, ["loss_labeled", "loss_unlabeled_ce"], ["loss_contrast"]),
+    ],
+)
+def test_loss_terms_on_and_off(kwargs, present, absent):
+    trainer = make_trainer(tau=0.0, **kwargs)
+    logs = trainer.train_step(square_batch(2))
+    for name in present:
+        assert float(logs[name]) > 0, name
+    for name in absent:
+        assert name not in logs, name
+    expected = float(logs["loss_labeled"])
+    if "loss_unlabeled_ce" in present:
+        expected += 0.1 * (float(logs["loss_unlabeled_ce"]) + float(logs.get("loss_contrast", 0.0)))
+    assert float(logs["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_warmup_steps_have_no_unlabeled_terms():
+    trainer = make_trainer(tau=0.0, warmup_steps=2)
+    for step in range(3):
+        trainer.reset_metrics()
+        logs = trainer.train_step(square_batch(step))
+        if step < 2:
+            assert float(logs["loss_unlabeled_ce"]) == 0.0 and float(logs["loss_contrast"]) == 0.0
+            assert float(logs["loss"]) == pytest.approx(float(logs["loss_labeled"]), rel=1e-6)
+        else:
+            assert float(logs["loss_unlabeled_ce"]) > 0 and float(logs["loss_contrast"]) > 0
+
+
+def test_unlabeled_ground_truth_does_not_leak_into_the_update():
+    batch = square_batch(4)
+    other = dict(batch, unlabeled_masks=tf.zeros_like(batch["unlabeled_masks"]))
+    results = []
+    for b in (batch, other):
+        trainer = make_trainer(seed=7, tau=0.3)
+        trainer.train_step(b)
+        results.append(weights_of(trainer.student))
+    for a, b in zip(*results, strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_noise_study_uses_ground_truth_with_the_given_noise():
+    trainer = make_trainer(noise_ratio=0.4)
+    batch = square_batch(5)
+    labels, mask = trainer._pseudo_labels(batch)
+    truth = batch["unlabeled_masks"].numpy()
+    assert mask.numpy().min() == 1.0  # every valid ground-truth pixel counts
+    changed = labels.numpy() != truth
+    # 40% of pixels get the 2nd or 3rd class; some of those happen to equal the truth.
+    assert 0.2 < changed.mean() <= 0.4
+    probs = tf.nn.softmax(trainer.teacher(batch["unlabeled_weak"]), -1).numpy()
+    ranked = np.argsort(-probs, axis=-1)
+    second_or_third = (labels.numpy() == ranked[..., 1]) | (labels.numpy() == ranked[..., 2])
+    assert np.all(second_or_third[changed])
+
+
+@pytest.mark.slow
+def test_learning_lowers_every_loss_and_raises_miou():
+    trainer = make_trainer(tau=0.0, total_steps=150, unsupervised_weight=0.5)
+    batches = [square_batch(100 + i, batch=4) for i in range(8)]
+    val = [(b["unlabeled_weak"], b["unlabeled_masks"]) for b in batches[:2]]
+
+    def epoch_logs(epoch_batches):
+        trainer.reset_metrics()
+        for b in epoch_batches:
+            logs = trainer.train_step(b)
+        return {k: float(v) for k, v in logs.items()}
+
+    def miou():
+        trainer.reset_metrics()
+        for images, masks in val:
+            logs = trainer.test_step((images, masks))
+        return float(logs["student_miou"])
+
+    miou_before = miou()
+    first = epoch_logs(batches)
+    for _ in range(16):
+        last = epoch_logs(batches)
+    for name in ("loss", "loss_labeled", "loss_unlabeled_ce", "loss_contrast"):
+        assert last[name] < first[name], (name, first[name], last[name])
+    assert miou() > miou_before + 0.15
+
+
+def test_resume_gives_the_same_steps(tmp_path):
+    batches = [square_batch(10 + i) for i in range(4)]
+    reference = make_trainer(seed=1, tau=0.3)
+    for b in batches[:2]:
+        reference.train_step(b)
+    reference.save_weights(tmp_path / "ckpt.weights.h5")
+    expected_logs = []
+    for b in batches[2:]:
+        reference.reset_metrics()
+        expected_logs.append(reference.train_step(b))
+    expected_weights = weights_of(reference)
+
+    resumed = make_trainer(seed=99, tau=0.3)  # other seed: everything must come from the file
+    resumed.load_weights(tmp_path / "ckpt.weights.h5")
+    assert int(resumed.optimizer.iterations) == 2
+    logs = []
+    for b in batches[2:]:
+        resumed.reset_metrics()
+        logs.append(resumed.train_step(b))
+    for a, b in zip(weights_of(resumed), expected_weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert float(logs[-1]["loss_labeled"]) == pytest.approx(
+        float(expected_logs[-1]["loss_labeled"]), rel=1e-5
+    )
+    for s_a, s_b in zip(ppl_stages(resumed.teacher), ppl_stages(reference.teacher), strict=True):
+        np.testing.assert_array_equal(s_a.memory.prototypes.numpy(), s_b.memory.prototypes.numpy())
+
+
+def test_mirrored_step_equals_single_device_step():
+    # The single-device reference uses the same BatchNormalization formula as the replicas:
+    # Keras' synchronized BN computes var = E[x^2] - E[x]^2, whose round-off alone moves some
+    # kernels by ~4e-4 (relative) after one step compared with the two-pass formula.
+    batch = square_batch(20, batch=4)
+    single = make_trainer(seed=5, tau=0.3)
+    use_synchronized_batchnorm(single.student)
+    use_synchronized_batchnorm(single.teacher)
+    single.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        mirrored = make_trainer(seed=5, tau=0.3)
+    bn = [
+        layer
+        for layer in mirrored.student._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert bn and all(layer.synchronized for layer in bn)
+    mirrored.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+
+    worst, worst_name = 0.0, None
+    for a, b in zip(mirrored.weights, single.weights, strict=True):
+        replicas = [v.numpy() for v in strategy.experimental_local_results(a.value)]
+        for r in replicas[1:]:
+            np.testing.assert_array_equal(r, replicas[0])
+        scale = max(np.abs(b.numpy()).max(), 1.0)
+        difference = np.abs(replicas[0] - b.numpy()).max() / scale
+        if difference > worst:
+            worst, worst_name = difference, b.path
+    assert worst < 1e-5, (worst, worst_name)
