@@ -1,0 +1,325 @@
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from ppl_tf.data import (
+    AugmentConfig,
+    DataError,
+    Splits,
+    cityscapes_source,
+    custom_source,
+    eval_dataset,
+    make_splits,
+    read_split_list,
+    semi_supervised_dataset,
+    validate,
+    voc_source,
+)
+from ppl_tf.data.augment import strong_photometric, weak_geometry
+from ppl_tf.data.classes import CITYSCAPES_ID_TO_TRAIN_ID, VOC_PALETTE
+from ppl_tf.data.decode import read_mask
+from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
+from ppl_tf.data.splits import generate_partition
+
+
+def save_rgb(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def make_voc(root, n=6, rng=None):
+    rng = rng or np.random.default_rng(0)
+    voc = root / "VOCdevkit" / "VOC2012"
+    ids = [f"2007_{i:06d}" for i in range(n)]
+    written = {}
+    for k, i in enumerate(ids):
+        save_rgb(voc / "JPEGImages" / f"{i}.jpg", rng.integers(0, 255, (30, 40, 3)))
+        mask = rng.integers(0, 21, (30, 40)).astype(np.uint8)
+        mask[0, :5] = 255
+        written[i] = mask
+        if k % 2 == 0:
+            save_rgb(voc / "SegmentationClassAug" / f"{i}.png", mask)
+        else:  # the official palette PNG
+            image = Image.fromarray(mask, mode="P")
+            flat = [c for rgb in VOC_PALETTE for c in rgb] + [224, 224, 192] * (256 - 21)
+            image.putpalette(flat)
+            (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+            image.save(voc / "SegmentationClass" / f"{i}.png")
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids[-2:]) + "\n")
+    return voc, written
+
+
+def make_custom(root, n=12, size=(24, 32), unlabeled_without_masks=2, rng=None):
+    rng = rng or np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("background\nred\nblue\n")
+    for i in range(n):
+        image = np.full(size + (3,), 90, np.uint8)
+        mask = np.zeros(size, np.uint8)
+        mask[4:12, 4:14] = 1
+        mask[14:20, 16:28] = 2
+        image[mask == 1] = (220, 20, 20)
+        image[mask == 2] = (20, 20, 220)
+        save_rgb(root / "images" / f"img{i:02d}.png", image)
+        if i < n - unlabeled_without_masks:
+            save_rgb(root / "masks" / f"img{i:02d}.png", mask)
+    (root / "splits").mkdir()
+    (root / "splits" / "val.txt").write_text("img00\nimg01\n")
+    return root
+
+
+def test_voc_labels_equal_ids_written_and_palette_pngs_read_as_indices(tmp_path):
+    voc, written = make_voc(tmp_path)
+    source = voc_source(tmp_path)
+    assert source.root == voc and source.num_classes == 21
+    assert set(source.val_ids) == set(list(written)[-2:])
+    for sample_id, mask in written.items():
+        decoded = read_mask(source.samples[sample_id].mask, 21)
+        np.testing.assert_array_equal(decoded, mask)
+    palette_sample = source.samples[list(written)[1]]
+    assert palette_sample.mask.parent.name == "SegmentationClass"
+
+
+def test_cityscapes_ids_map_to_official_train_ids(tmp_path):
+    image_path = (
+        tmp_path / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.png"
+    )
+    save_rgb(image_path, np.zeros((4, 40, 3)))
+    label_ids = np.arange(40, dtype=np.uint8)[None].repeat(4, 0)
+    save_rgb(
+        tmp_path / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png",
+        label_ids,
+    )
+    source = cityscapes_source(tmp_path)
+    assert list(source.samples) == ["train/aachen/aachen_000000_000019"]
+    mask = read_mask(
+        source.samples["train/aachen/aachen_000000_000019"].mask, 19, source.label_lookup
+    )
+    official = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+    assert CITYSCAPES_ID_TO_TRAIN_ID == official
+    for label_id in range(40):
+        assert mask[0, label_id] == official.get(label_id, 255)
+
+
+def test_custom_folder_unlabeled_images_need_no_mask(tmp_path):
+    source = custom_source(make_custom(tmp_path / "ds"))
+    assert source.class_names == ("background", "red", "blue")
+    splits = make_splits(source, labeled=3, seed=0)
+    assert len(splits.labeled) == 3
+    assert {"img10", "img11"} <= set(splits.unlabeled)  # the two images without masks
+    ds = semi_supervised_dataset(
+        source, splits.labeled, splits.unlabeled, 2, 2, AugmentConfig(crop_size=16), seed=0
+    )
+    batch = next(iter(ds))
+    assert "unlabeled_masks" not in batch  # not every unlabeled image has a mask
+    assert batch["labeled_images"].shape == (2, 16, 16, 3)
+    assert batch["unlabeled_strong"].shape == (2, 16, 16, 3)
+
+
+def test_augmented_masks_keep_values_and_alignment():
+    image = np.full((80, 100, 3), 60, np.uint8)
+    mask = np.zeros((80, 100), np.uint8)
+    mask[10:40, 10:50] = 3
+    mask[44:70, 40:90] = 7
+    mask[0:3, :] = 255
+    image[mask == 3] = (250, 0, 0)
+    image[mask == 7] = (0, 0, 250)
+    colours = np.array([(60, 60, 60), (250, 0, 0), (0, 0, 250)], np.float32)
+    flips = set()
+    for k in range(30):
+        out_image, out_mask = weak_geometry(image, mask, tf.constant([k, 7], tf.int64), 48)
+        out_image, out_mask = out_image.numpy(), out_mask.numpy()
+        assert set(np.unique(out_mask)) <= {0, 3, 7, 255}
+        # The mask still matches the image content: classify each pixel by its nearest colour.
+        nearest = np.argmin(((out_image[..., None, :] - colours) ** 2).sum(-1), axis=-1)
+        content = np.array([0, 3, 7])[nearest]
+        inside = (out_mask != 255) & (out_image.sum(-1) > 0)  # not padding
+        agreement = np.mean(content[inside] == out_mask[inside])
+        assert agreement > 0.93, (k, agreement)
+        flips.add(bool(out_image[..., 0].argmax() % 48 > 24))
+    assert len(flips) == 2
+
+
+def test_strong_view_differs_only_photometrically():
+    image = np.full((32, 32, 3), 80.0, np.float32)
+    image[8:20, 8:24] = (240, 10, 10)
+    weak = tf.constant(image)
+    for k in range(10):
+        strong = strong_photometric(weak, tf.constant([k, 1], tf.int64), p_blur=0.0).numpy()
+        region = np.zeros((32, 32), bool)
+        region[8:20, 8:24] = True
+        # A point-wise colour change: every pixel of one weak colour gets one strong colour.
+        assert np.ptp(strong[region], axis=0).max() < 1e-3
+        assert np.ptp(strong[~region], axis=0).max() < 1e-3
+    changed = [
+        not np.allclose(strong_photometric(weak, tf.constant([k, 2], tf.int64)).numpy(), image)
+        for k in range(5)
+    ]
+    assert any(changed)
+
+
+def test_pipeline_views_share_geometry(tmp_path):
+    source = custom_source(make_custom(tmp_path / "ds", unlabeled_without_masks=0))
+    splits = make_splits(source, labeled=4, seed=0)
+    ds = semi_supervised_dataset(
+        source, splits.labeled, splits.unlabeled, 2, 3, AugmentConfig(crop_size=16), seed=3
+    )
+    batch = next(iter(ds))
+    weak, strong = batch["unlabeled_weak"].numpy(), batch["unlabeled_strong"].numpy()
+    masks = batch["unlabeled_masks"].numpy()
+    for i in range(3):
+        # The weak view's red pixels are the mask's class-1 pixels; the strong view keeps the
+        # same regions: within a mask region its colours vary little compared with across.
+        for cls in np.unique(masks[i]):
+            if cls == 255 or (masks[i] == cls).sum() < 10:
+                continue
+            inside = strong[i][masks[i] == cls].mean(0)
+            outside = strong[i][(masks[i] != cls) & (masks[i] != 255)]
+            if len(outside):
+                assert np.abs(outside.mean(0) - inside).max() > 1.0
+        assert weak.shape == strong.shape
+    again = next(iter(semi_supervised_dataset(
+        source, splits.labeled, splits.unlabeled, 2, 3, AugmentConfig(crop_size=16), seed=3
+    )))  # fmt: skip
+    for key in batch:
+        np.testing.assert_array_equal(again[key].numpy(), batch[key].numpy())
+
+
+def test_split_generation_is_deterministic_disjoint_and_covers_classes():
+    ids = [f"id{i:03d}" for i in range(200)]
+    presence = {i: frozenset({0, 1 + (k % 5)}) for k, i in enumerate(ids)}
+    presence["id199"] = frozenset({0, 9})  # a rare class held by one image
+    a = generate_partition(ids, 12, seed=4, presence=presence)
+    b = generate_partition(ids, 12, seed=4, presence=presence)
+    c = generate_partition(ids, 12, seed=5, presence=presence)
+    assert a == b and a != c
+    labeled, unlabeled = a
+    assert len(labeled) == 12 and not set(labeled) & set(unlabeled)
+    assert set(labeled) | set(unlabeled) == set(ids)
+    covered = set().union(*(presence[i] for i in labeled))
+    assert covered == {0, 1, 2, 3, 4, 5, 9}
+
+
+def test_reads_the_three_external_list_formats(tmp_path):
+    (tmp_path / "cps.txt").write_text(
+        "JPEGImages/2007_000032.jpg SegmentationClassAug/2007_000032.png\n"
+        "JPEGImages/2007_000039.jpg SegmentationClassAug/2007_000039.png\n"
+    )
+    (tmp_path / "ids.txt").write_text("2007_000032\n2007_000039\n\n")
+    (tmp_path / "city.txt").write_text(
+        "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png "
+        "gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png\n"
+    )
+    assert read_split_list(tmp_path / "cps.txt") == ("2007_000032", "2007_000039")
+    assert read_split_list(tmp_path / "ids.txt") == ("2007_000032", "2007_000039")
+    assert read_split_list(tmp_path / "city.txt") == ("train/aachen/aachen_000000_000019",)
+
+
+@pytest.fixture
+def custom(tmp_path):
+    return make_custom(tmp_path / "ds")
+
+
+def _splits(source):
+    return Splits(("img02", "img03"), ("img04", "img05", "img10"), ("img00", "img01"))
+
+
+def test_missing_file_in_list(custom):
+    source = custom_source(custom)
+    with pytest.raises(DataError, match="img99"):
+        source.resolve(["img02", "img99"], "labeled")
+
+
+def test_empty_list(custom, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(DataError, match="empty.txt: the split list is empty"):
+        read_split_list(tmp_path / "empty.txt")
+    with pytest.raises(DataError, match="missing.txt: split list not found"):
+        read_split_list(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize(
+    "corruption, message",
+    [
+        ("corrupt_image", "img03.png: cannot decode the image"),
+        ("mask_size", "img03.png: mask is 10x10 \\(WxH\\) but its image"),
+        ("grayscale", "img03.png: image is grayscale \\(1 channel\\), not 8-bit RGB"),
+        ("rgba", "img03.png: image is RGBA \\(4 channels\\)"),
+        ("16bit", "img03.png: image is 16-bit grayscale"),
+        ("rgb_mask", "img03.png: mask is RGB"),
+    ],
+)
+def test_bad_files_are_named_by_the_validation_pass(custom, corruption, message):
+    image_path, mask_path = custom / "images" / "img03.png", custom / "masks" / "img03.png"
+    if corruption == "corrupt_image":
+        image_path.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    elif corruption == "mask_size":
+        save_rgb(mask_path, np.zeros((10, 10)))
+    elif corruption == "grayscale":
+        save_rgb(image_path, np.zeros((24, 32)))
+    elif corruption == "rgba":
+        save_rgb(image_path, np.zeros((24, 32, 4)))
+    elif corruption == "16bit":
+        Image.fromarray(np.zeros((24, 32), np.uint16)).save(image_path)
+    elif corruption == "rgb_mask":
+        save_rgb(mask_path, np.zeros((24, 32, 3)))
+    source = custom_source(custom)
+    with pytest.raises(DataError, match=message):
+        validate(source, _splits(source))
+    kept, report = validate(source, _splits(source), skip_bad=True)
+    assert "img03" not in kept.labeled and report.bad_ids == {"img03"}
+
+
+def test_grayscale_rgba_and_16bit_convert_when_asked(custom):
+    save_rgb(custom / "images" / "img03.png", np.full((24, 32), 7))
+    source = custom_source(custom)
+    validate(source, _splits(source), convert_images=True, full=True)
+
+
+def test_out_of_range_labels_found_by_full_validation_and_pipeline(custom):
+    mask = np.zeros((24, 32), np.uint8)
+    mask[0, 0] = 37
+    save_rgb(custom / "masks" / "img01.png", mask)
+    source = custom_source(custom)
+    with pytest.raises(
+        DataError, match="img01.png: mask holds label values outside \\[0, 3\\) and not 255: 37"
+    ):
+        validate(source, _splits(source), full=True)
+    with pytest.raises(tf.errors.OpError, match="img01.png: mask holds label values"):
+        list(eval_dataset(source, ["img00", "img01"]))
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != "stats.json":
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):
+    config = DigitSceneConfig(num_train=12, num_val=4, size=48, seed=3)
+    a = materialise(tmp_path / "a", config, verbose=False)
+    b = materialise(tmp_path / "b", config, verbose=False)
+    assert _digest(a) == _digest(b)
+    import json
+
+    stats = json.loads((a / "stats.json").read_text())
+    assert not set(stats["train_pool"]) & set(stats["val_pool"])
+    assert len(stats["train_pool"]) + len(stats["val_pool"]) == 1797
+    fractions = stats["class_fraction"]
+    assert set(fractions) == {"background"} | {str(d) for d in range(10)}
+    assert abs(sum(fractions.values()) - 1.0) < 1e-3 and fractions["background"] > 0.5
+    source = custom_source(a)
+    splits = make_splits(source, labeled="1/4", seed=0)
+    assert len(splits.labeled) == 3 and len(splits.val) == 4
+    c = materialise(
+        tmp_path / "c", DigitSceneConfig(num_train=12, num_val=4, size=48, seed=4), verbose=False
+    )
+    assert _digest(c) != _digest(a)
