@@ -43,16 +43,36 @@ def describe_mode(mode):
     }.get(mode, mode)
 
 
+def check_image_mode(path, mode, convert_images=False):
+    if mode != "RGB" and not convert_images:
+        raise DataError(
+            f"{path}: image is {describe_mode(mode)}, not 8-bit RGB; convert it, or pass "
+            "convert_images=True to convert grayscale, RGBA and 16-bit images on load"
+        )
+
+
+def check_mask_mode(path, mode):
+    if mode not in ("L", "P"):
+        raise DataError(
+            f"{path}: mask is {describe_mode(mode)}; masks must hold class ids in one "
+            "8-bit channel (grayscale or palette PNG)"
+        )
+
+
+def check_sizes(image_path, image_wh, mask_path, mask_wh):
+    if tuple(mask_wh) != tuple(image_wh):
+        raise DataError(
+            f"{mask_path}: mask is {mask_wh[0]}x{mask_wh[1]} (WxH) but its image "
+            f"{image_path} is {image_wh[0]}x{image_wh[1]}"
+        )
+
+
 def read_image(path, convert_images=False):
     """Returns an (H, W, 3) uint8 RGB array."""
     image = _open(path)
     if image.mode == "RGB":
         return np.asarray(image, dtype=np.uint8)
-    if not convert_images:
-        raise DataError(
-            f"{path}: image is {describe_mode(image.mode)}, not 8-bit RGB; convert it, or pass "
-            "convert_images=True to convert grayscale, RGBA and 16-bit images on load"
-        )
+    check_image_mode(path, image.mode, convert_images)
     if image.mode.startswith("I"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if array.max() > 255 else 255.0
@@ -67,11 +87,7 @@ def read_mask(path, num_classes, lookup=None):
     `lookup` (256 entries) maps stored ids to class ids first (Cityscapes label ids).
     """
     image = _open(path)
-    if image.mode not in ("L", "P"):
-        raise DataError(
-            f"{path}: mask is {describe_mode(image.mode)}; masks must hold class ids in one "
-            "8-bit channel (grayscale or palette PNG)"
-        )
+    check_mask_mode(path, image.mode)
     mask = np.asarray(image, dtype=np.uint8)  # a palette PNG gives its indices
     if lookup is not None:
         mask = np.asarray(lookup, dtype=np.uint8)[mask]
@@ -96,9 +112,5 @@ def read_pair(image_path, mask_path, num_classes, lookup=None, convert_images=Fa
     if mask_path is None:
         return image, None
     mask = read_mask(mask_path, num_classes, lookup)
-    if mask.shape != image.shape[:2]:
-        raise DataError(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
-            f"{image_path} is {image.shape[1]}x{image.shape[0]}"
-        )
+    check_sizes(image_path, image.shape[1::-1], mask_path, mask.shape[::-1])
     return image, mask

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
-from ppl_tf.data.decode import DataError, describe_mode, read_pair
+from ppl_tf.data.decode import (
+    DataError,
+    check_image_mode,
+    check_mask_mode,
+    check_sizes,
+    read_pair,
+)
 from ppl_tf.data.sources import SegmentationSource
 from ppl_tf.data.splits import Splits
 
@@ -50,23 +56,11 @@ def check_sample(source, sample, full=False, convert_images=False):
         )
         return
     size, mode = _header(sample.image)
-    if mode != "RGB" and not convert_images:
-        raise DataError(
-            f"{sample.image}: image is {describe_mode(mode)}, not 8-bit RGB; convert it, or pass "
-            "convert_images=True to convert grayscale, RGBA and 16-bit images on load"
-        )
+    check_image_mode(sample.image, mode, convert_images)
     if sample.mask is not None:
         mask_size, mask_mode = _header(sample.mask)
-        if mask_mode not in ("L", "P"):
-            raise DataError(
-                f"{sample.mask}: mask is {describe_mode(mask_mode)}; masks must hold class ids "
-                "in one 8-bit channel (grayscale or palette PNG)"
-            )
-        if mask_size != size:
-            raise DataError(
-                f"{sample.mask}: mask is {mask_size[0]}x{mask_size[1]} (WxH) but its image "
-                f"{sample.image} is {size[0]}x{size[1]}"
-            )
+        check_mask_mode(sample.mask, mask_mode)
+        check_sizes(sample.image, size, sample.mask, mask_size)
 
 
 def validate(

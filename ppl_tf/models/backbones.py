@@ -89,7 +89,8 @@ def resnet_backbone(name, output_stride=16, weights=None):
     return keras.Model(dilated.inputs[0], outputs, name=f"{name}_backbone")
 
 
-def _conv_bn_relu(x, filters, kernel_size, strides=1, dilation=1, name=None, relu=True):
+def conv_bn_relu(x, filters, kernel_size=1, strides=1, dilation=1, name=None, relu=True):
+    """DilatedConv2D (no bias) + BatchNormalization (PyTorch's settings) + optional ReLU."""
     x = DilatedConv2D(
         filters,
         kernel_size,
@@ -108,9 +109,9 @@ def _conv_bn_relu(x, filters, kernel_size, strides=1, dilation=1, name=None, rel
 def _basic_block(x, filters, strides, dilation, name):
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn_relu(x, filters, 1, strides, name=f"{name}_short", relu=False)
-    x = _conv_bn_relu(x, filters, 3, strides, dilation if strides == 1 else 1, name=f"{name}_a")
-    x = _conv_bn_relu(x, filters, 3, 1, dilation, name=f"{name}_b", relu=False)
+        shortcut = conv_bn_relu(x, filters, 1, strides, name=f"{name}_short", relu=False)
+    x = conv_bn_relu(x, filters, 3, strides, dilation if strides == 1 else 1, name=f"{name}_a")
+    x = conv_bn_relu(x, filters, 3, 1, dilation, name=f"{name}_b", relu=False)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
@@ -118,8 +119,8 @@ def _basic_block(x, filters, strides, dilation, name):
 def tiny_backbone(output_stride=16):
     """A small ResNet-like encoder (about 0.5M parameters) that trains in seconds on a CPU."""
     inputs = keras.Input((None, None, 3), name="image")
-    x = _conv_bn_relu(inputs, 24, 3, strides=2, name="stem1")
-    x = _conv_bn_relu(x, 32, 3, strides=2, name="stem2")
+    x = conv_bn_relu(inputs, 24, 3, strides=2, name="stem1")
+    x = conv_bn_relu(x, 32, 3, strides=2, name="stem2")
     low = _basic_block(x, 32, 1, 1, name="stage1")
     x = _basic_block(low, 64, 2, 1, name="stage2")
     if output_stride == 16:

@@ -5,23 +5,8 @@ Built functionally from standard Keras layers plus `DilatedConv2D` and `ResizeLi
 
 import keras
 
-from ppl_tf.layers import DilatedConv2D, ResizeLike
-from ppl_tf.models.backbones import BN_EPSILON, BN_MOMENTUM
-
-
-def conv_bn_relu(x, filters, kernel_size=1, dilation=1, name=None):
-    x = DilatedConv2D(
-        filters,
-        kernel_size,
-        dilation_rate=dilation,
-        padding="same",
-        use_bias=False,
-        name=f"{name}_conv",
-    )(x)
-    x = keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
-    )(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+from ppl_tf.layers import ResizeLike
+from ppl_tf.models.backbones import conv_bn_relu
 
 
 def aspp(x, channels=256, rates=(6, 12, 18)):
