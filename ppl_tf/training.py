@@ -246,7 +246,8 @@ class PPLTrainer(keras.Model):
         labeled_masks = tf.cast(batch["labeled_masks"], tf.int32)
         num_labeled = tf.shape(labeled_images)[0]
         step = tf.cast(self.optimizer.iterations, tf.float32)
-        in_warmup = step < float(self.warmup_steps)
+        # 0.0 during warm-up (labeled data only), 1.0 after.
+        unlabeled_on = tf.cast(step >= float(self.warmup_steps), tf.float32)
 
         # Teacher on the weak view -> pseudo-labels and mask.
         if self.use_unlabeled:
@@ -285,8 +286,7 @@ class PPLTrainer(keras.Model):
                             self.gamma, self.margin, normalizer=masked_small,
                         )  # fmt: skip
             loss_unlabeled = loss_ce_u + tf.add_n(contrast) if contrast else loss_ce_u
-            weight_u = tf.where(in_warmup, 0.0, self.unsupervised_weight)
-            loss = loss_labeled + weight_u * loss_unlabeled
+            loss = loss_labeled + unlabeled_on * self.unsupervised_weight * loss_unlabeled
 
         # Update: coupled L2 decay (as PyTorch's SGD) and the backbone's smaller LR, both
         # written into the gradient so SGD's own state is all the optimizer carries.
@@ -315,13 +315,11 @@ class PPLTrainer(keras.Model):
         logs = {
             "loss": loss,
             "loss_labeled": loss_labeled,
-            "loss_unlabeled_ce": loss_ce_u * (1.0 - tf.cast(in_warmup, tf.float32)),
-            "loss_contrast": tf.add_n(contrast) * (1.0 - tf.cast(in_warmup, tf.float32))
-            if contrast
-            else tf.constant(0.0),
+            "loss_unlabeled_ce": loss_ce_u * unlabeled_on,
+            "loss_contrast": tf.add_n(contrast) * unlabeled_on if contrast else tf.constant(0.0),
         }
         for i, value in enumerate(contrast):
-            logs[f"loss_contrast_{i + 1}"] = value * (1.0 - tf.cast(in_warmup, tf.float32))
+            logs[f"loss_contrast_{i + 1}"] = value * unlabeled_on
         for name, value in logs.items():
             self.trackers[name].update_state(_all_reduce_sum(value))
         self.trackers["ema_alpha"].update_state(alpha)
