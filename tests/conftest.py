@@ -17,3 +17,27 @@ tf.config.set_logical_device_configuration(
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """(model, version folder): an untrained tiny 2-stage segmenter with perturbed BatchNorm
+    statistics (so that its classes are not near-ties), exported once per test session."""
+    import keras
+
+    from ppl_tf.export import export_model
+    from ppl_tf.models import build_segmenter
+
+    keras.utils.set_random_seed(7)
+    model = build_segmenter(5, "tiny", num_stages=2, backbone_weights=None)
+    rng = np.random.default_rng(7)
+    layers = list(model.layers) + list(model.get_layer("tiny_backbone").layers)
+    for layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.5, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
+    names = ["background", "a", "b", "c", "d"]
+    folder = export_model(
+        model, tmp_path_factory.mktemp("exported") / "tiny", class_names=names, verbose=False
+    )
+    return model, folder

@@ -10,6 +10,7 @@ the 1,797 images, so val measures generalisation to unseen handwriting.
 (`ppl_tf.data.sources`), so they go through the same loader as a user's data.
 """
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 CLASS_NAMES = ("background",) + tuple(str(d) for d in range(10))
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class DigitSceneConfig:
     digits_per_scene: tuple[int, int] = (2, 4)
     digit_size: tuple[int, int] = (18, 30)
     val_pool_fraction: float = 0.3
+    clutter: int = 4  # most rectangles and lines drawn on a background
+    noise: float = 10.0  # std of the Gaussian pixel noise
+    min_contrast: float = 120.0  # least RGB distance between a digit and what it covers
+    stroke_threshold: float = 0.3  # glyph coverage above which a pixel is labeled as the digit
     seed: int = 0
 
 
@@ -43,15 +48,16 @@ def digit_pools(config: DigitSceneConfig):
     return order[num_val:], order[:num_val], digits.images, digits.target
 
 
-def _background(rng, size):
+def _background(rng, config: DigitSceneConfig):
+    size = config.size
     top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     t = np.linspace(0, 1, size)[:, None, None]
     image = (top * (1 - t) + bottom * t) * np.ones((size, size, 3))
-    for _ in range(rng.integers(2, 6)):  # rectangles
+    for _ in range(rng.integers(0, config.clutter + 1)):  # rectangles
         y0, x0 = rng.integers(0, size, 2)
         h, w = rng.integers(4, size // 2, 2)
         image[y0 : y0 + h, x0 : x0 + w] = rng.uniform(0, 255, 3)
-    for _ in range(rng.integers(2, 6)):  # lines
+    for _ in range(rng.integers(0, config.clutter + 1)):  # lines
         color = rng.uniform(0, 255, 3)
         if rng.random() < 0.5:
             y = rng.integers(0, size)
@@ -59,28 +65,53 @@ def _background(rng, size):
         else:
             x = rng.integers(0, size)
             image[:, x : x + rng.integers(1, 3)] = color
-    image += rng.normal(0, 12, image.shape)
     return image
 
 
+def _place(rng, boxes, side, size, tries=20):
+    """A top-left corner for a `side` square that overlaps no box in `boxes`, or None."""
+    for _ in range(tries):
+        y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+        if all(
+            y0 + side <= y or y + s <= y0 or x0 + side <= x or x + s <= x0 for y, x, s in boxes
+        ):
+            return y0, x0
+    return None
+
+
+def _contrasting_color(rng, region, min_contrast):
+    """A random colour at least `min_contrast` (RGB distance) from the mean of `region`."""
+    mean = region.reshape(-1, 3).mean(axis=0)
+    for _ in range(20):
+        color = rng.uniform(0, 255, 3)
+        if np.linalg.norm(color - mean) >= min_contrast:
+            return color
+    return np.where(mean > 127.5, 0.0, 255.0)  # the far corner of the RGB cube
+
+
 def render_scene(rng, pool, images, targets, config: DigitSceneConfig):
-    """One scene: (image uint8 (S, S, 3), mask uint8 (S, S))."""
+    """One scene: (image uint8 (S, S, 3), mask uint8 (S, S)). Digits do not overlap."""
     size = config.size
-    image = _background(rng, size)
+    image = _background(rng, config)
     mask = np.zeros((size, size), np.uint8)
+    boxes = []
     for _ in range(rng.integers(config.digits_per_scene[0], config.digits_per_scene[1] + 1)):
         index = pool[rng.integers(len(pool))]
         side = int(rng.integers(config.digit_size[0], config.digit_size[1] + 1))
+        corner = _place(rng, boxes, side, size)
+        if corner is None:
+            continue
+        y0, x0 = corner
+        boxes.append((y0, x0, side))
         glyph = Image.fromarray((images[index] / 16.0 * 255).astype(np.uint8))
         alpha = np.asarray(glyph.resize((side, side), Image.BILINEAR), np.float64) / 255.0
-        y0, x0 = rng.integers(0, size - side + 1, 2)
-        color = rng.uniform(0, 255, 3)
         region = image[y0 : y0 + side, x0 : x0 + side]
+        color = _contrasting_color(rng, region, config.min_contrast)
         image[y0 : y0 + side, x0 : x0 + side] = (
             region * (1 - alpha[..., None]) + color * alpha[..., None]
         )
-        strokes = alpha > 0.45
-        mask[y0 : y0 + side, x0 : x0 + side][strokes] = targets[index] + 1
+        mask[y0 : y0 + side, x0 : x0 + side][alpha > config.stroke_threshold] = targets[index] + 1
+    image += rng.normal(0, config.noise, image.shape)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
 
 
@@ -101,10 +132,8 @@ def materialise(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbos
     """
     from ppl_tf.data.classes import default_palette
 
-    key = (
-        f"digit_scenes_v{FORMAT_VERSION}_s{config.seed}"
-        f"_{config.num_train}x{config.num_val}_{config.size}px"
-    )
+    digest = hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+    key = f"digit_scenes_v{FORMAT_VERSION}_{config.num_train}x{config.num_val}_{digest}"
     root = Path(cache_dir) / key
     stats_file = root / "stats.json"
     if stats_file.is_file():

@@ -58,8 +58,10 @@ def build_segmenter(
     mean, std = normalisation(backbone)
 
     images = keras.Input((None, None, 3), name="images")
-    x = keras.layers.Normalization(
-        mean=list(mean), variance=[s * s for s in std], name="normalize"
+    # Rescaling, not Normalization: Normalization keeps its mean as an eager tensor that exported
+    # graphs capture as an extra input (tf2onnx then asks ONNX users to feed it).
+    x = keras.layers.Rescaling(
+        scale=[1.0 / s for s in std], offset=[-m / s for m, s in zip(mean, std)], name="normalize"
     )(images)
     features = encoder(x, backbone_model, output_stride, channels, low_level_channels)
     for i in range(1, num_stages + 1):
