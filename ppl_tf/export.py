@@ -74,9 +74,7 @@ def serving_functions(model):
         return _outputs(model, images)
 
     def serve_bytes(image_bytes):
-        tf.debugging.assert_positive(
-            tf.size(image_bytes), message="`image_bytes` holds no images"
-        )
+        tf.debugging.assert_positive(tf.size(image_bytes), message="`image_bytes` holds no images")
 
         def decode(data):
             return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -201,11 +199,17 @@ def export_model(
         "signatures": {
             "serving_default": {
                 "inputs": {INPUT_NAME: "uint8 (B, H, W, 3)"},
-                "outputs": {"class_ids": "int32 (B, H, W)", "probabilities": "float32 (B, H, W, K)"},
+                "outputs": {
+                    "class_ids": "int32 (B, H, W)",
+                    "probabilities": "float32 (B, H, W, K)",
+                },
             },
             BYTES_SIGNATURE: {
                 "inputs": {BYTES_INPUT_NAME: "string (B,): encoded images of one size"},
-                "outputs": {"class_ids": "int32 (B, H, W)", "probabilities": "float32 (B, H, W, K)"},
+                "outputs": {
+                    "class_ids": "int32 (B, H, W)",
+                    "probabilities": "float32 (B, H, W, K)",
+                },
             },
         },
         "onnx": onnx_report,
@@ -234,7 +238,9 @@ def write_onnx(model, path, opset=ONNX_OPSET, check_size=(1, 37, 53)):
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
-        raise ExportError(f"{path}: ONNX Runtime cannot load the converted model: {error}") from error
+        raise ExportError(
+            f"{path}: ONNX Runtime cannot load the converted model: {error}"
+        ) from error
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):

@@ -43,9 +43,13 @@ def check_batch(images):
     if images.dtype != np.uint8:
         raise InputError(f"images must be uint8 RGB; got dtype {images.dtype}")
     if images.ndim != 4:
-        raise InputError(f"images must have shape (B, H, W, 3); got rank {images.ndim} {images.shape}")
+        raise InputError(
+            f"images must have shape (B, H, W, 3); got rank {images.ndim} {images.shape}"
+        )
     if images.shape[-1] != 3:
-        raise InputError(f"images must have 3 channels (RGB); got {images.shape[-1]} in {images.shape}")
+        raise InputError(
+            f"images must have 3 channels (RGB); got {images.shape[-1]} in {images.shape}"
+        )
     if min(images.shape[:3]) == 0:
         raise InputError(f"images must not be empty; got shape {images.shape}")
     return images
@@ -97,12 +101,14 @@ class ExportedModel:
             outputs = self._session.run(self._output_names, {"images": images})
             result = dict(zip(self._output_names, outputs, strict=True))
         else:
-            result = {k: v.numpy() for k, v in self._signature(images=self._tf.constant(images)).items()}
+            result = {
+                k: v.numpy() for k, v in self._signature(images=self._tf.constant(images)).items()
+            }
         return result["class_ids"], result["probabilities"]
 
 
 def read_rgb(path):
-    """An image file as uint8 (H, W, 3); grayscale, palette, RGBA and 16-bit images are converted."""
+    """An image file as uint8 (H, W, 3); grayscale, palette, RGBA and 16-bit are converted."""
     path = Path(path)
     try:
         with Image.open(path) as image:

@@ -109,6 +109,7 @@ class GrpcClient:
 
         self._grpc = grpc
         self._predict_pb2, service = _tensorflow_serving()
+        self.target = target
         self.channel = grpc.insecure_channel(
             target,
             options=[
@@ -151,6 +152,14 @@ class GrpcClient:
 
 
 # ----------------------------------------------------------------------------------- servers
+
+
+def tf_error_message(error):
+    """The informative lines of a TensorFlow op error, without graph-execution boilerplate."""
+    skip = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
+    lines = [line.strip() for line in str(error.message).splitlines()]
+    kept = [line for line in lines if line and not line.startswith(skip)]
+    return " ".join(kept) or str(error.message)
 
 
 class SignatureRunner:
@@ -223,7 +232,7 @@ class SignatureRunner:
             with self._lock:
                 outputs = self.signatures[signature_name](**tensors)
         except (self._tf.errors.InvalidArgumentError, self._tf.errors.OutOfRangeError) as error:
-            raise ValueError(error.message.split("\n")[0]) from None
+            raise ValueError(tf_error_message(error)) from None
         return {name: value.numpy() for name, value in outputs.items()}
 
     def rest_inputs(self, signature_name, instances):
@@ -233,13 +242,13 @@ class SignatureRunner:
             raise ValueError("'instances' must be a non-empty list of rows")
         if len(specs) != 1:
             raise ValueError(f"signature {signature_name!r} has several inputs; use named rows")
-        (name, spec), = specs.items()
+        ((name, spec),) = specs.items()
         rows = [row[name] if isinstance(row, dict) and name in row else row for row in instances]
         if spec.dtype == self._tf.string:
             decoded = []
             for row in rows:
                 if not (isinstance(row, dict) and isinstance(row.get("b64"), str)):
-                    raise ValueError(f"{name!r} rows must be {{\"b64\": \"...\"}} objects")
+                    raise ValueError(f'{name!r} rows must be {{"b64": "..."}} objects')
                 try:
                     decoded.append(base64.b64decode(row["b64"], validate=True))
                 except ValueError as error:
@@ -249,6 +258,8 @@ class SignatureRunner:
             array = np.asarray(rows)
         except ValueError as error:
             raise ValueError(f"{name!r}: rows of different shapes ({error})") from None
+        if array.size == 0:
+            raise ValueError(f"{name!r} is empty (shape {array.shape})")
         if array.dtype.kind not in "iub" or (
             spec.dtype == self._tf.uint8 and (array.min() < 0 or array.max() > 255)
         ):
@@ -276,7 +287,7 @@ class _RestHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _parse_path(self):
-        """(model name, version or None, verb or None) from /v1/models/<name>[/versions/<v>][:verb]."""
+        """(name, version or None, verb or None) of /v1/models/<name>[/versions/<v>][:verb]."""
         path = self.path.split("?", 1)[0]
         verb = None
         if ":" in path:

@@ -1,6 +1,6 @@
 """Export a trained model for TF Serving (SavedModel), ONNX Runtime (ONNX) and scripts/predict.py.
 
-    python scripts/export.py runs/demo                       # the run's teacher -> exported/<name>/<v>/
+    python scripts/export.py runs/demo          # the run's teacher -> exported/demo/<version>/
     python scripts/export.py runs/demo --network student --name digits --version 3
     python scripts/export.py path/to/teacher.keras --name mymodel
 

@@ -48,7 +48,9 @@ def main(argv=None):
 
     args = parse_args(argv)
     if args.batch_size < 1:
-        print(f"predict.py: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        print(
+            f"predict.py: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr
+        )
         return 2
     try:
         files = list_images(args.inputs)
@@ -96,6 +98,7 @@ def main(argv=None):
         for line in bad:
             print(f"  {line}", file=sys.stderr)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -60,9 +60,9 @@ def build_segmenter(
     images = keras.Input((None, None, 3), name="images")
     # Rescaling, not Normalization: Normalization keeps its mean as an eager tensor that exported
     # graphs capture as an extra input (tf2onnx then asks ONNX users to feed it).
-    x = keras.layers.Rescaling(
-        scale=[1.0 / s for s in std], offset=[-m / s for m, s in zip(mean, std)], name="normalize"
-    )(images)
+    offset = [-m / s for m, s in zip(mean, std, strict=True)]
+    scale = [1.0 / s for s in std]
+    x = keras.layers.Rescaling(scale=scale, offset=offset, name="normalize")(images)
     features = encoder(x, backbone_model, output_stride, channels, low_level_channels)
     for i in range(1, num_stages + 1):
         _, features = PPLStage(
