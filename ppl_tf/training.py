@@ -32,11 +32,22 @@ def ema_alpha(step, total_steps, start=0.99):
     return start + (1.0 - start) * (1.0 - tf.cos(math.pi * progress)) / 2.0
 
 
-def make_optimizer(base_lr, total_steps, momentum=0.9, power=0.9):
-    """SGD with momentum and the poly learning rate (1 - step / total_steps) ** power."""
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def make_optimizer(base_lr, total_steps, momentum=0.9, power=0.9, name="sgd"):
+    """The poly learning rate (1 - step / total_steps) ** power with SGD + momentum (the
+    paper's) or AdamW (for backbones trained from scratch, like the demo's tiny one).
+
+    Weight decay is not part of either: the trainer adds it to the gradients (coupled L2).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}. Received: {name!r}")
     schedule = keras.optimizers.schedules.PolynomialDecay(
         base_lr, decay_steps=max(total_steps, 1), end_learning_rate=0.0, power=power
     )
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.0)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
 
 
@@ -194,10 +205,18 @@ class PPLTrainer(keras.Model):
         ]
         self._decays = [v.name not in NO_DECAY_NAMES for v in self.student.trainable_weights]
 
-    def compile(self, optimizer=None, base_lr=0.01, **kwargs):
-        """Compiles with `optimizer`, by default SGD(0.9) + poly LR from `base_lr`."""
-        if optimizer is None:
-            optimizer = make_optimizer(base_lr, self.total_steps)
+    def compile(self, optimizer="sgd", base_lr=0.01, **kwargs):
+        """Compiles with `optimizer`: "sgd" (SGD 0.9 + poly LR from `base_lr`, the paper's),
+        "adamw" (AdamW + poly LR) or an optimizer instance."""
+        if optimizer is None or isinstance(optimizer, str):
+            name = optimizer or "sgd"
+            if name != "sgd" and self.backbone_lr_multiplier != 1.0:
+                raise ValueError(
+                    "backbone_lr_multiplier scales gradients, which is a learning-rate factor "
+                    f"for SGD only; use it with optimizer='sgd' or set it to 1. Received: "
+                    f"optimizer={name!r}, backbone_lr_multiplier={self.backbone_lr_multiplier}"
+                )
+            optimizer = make_optimizer(base_lr, self.total_steps, name=name)
         super().compile(optimizer=optimizer, **kwargs)
         self.optimizer.build(self.student.trainable_weights)
 

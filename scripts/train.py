@@ -1,122 +1,304 @@
-"""Train PPL on the embedded digit scenes (the default) or a custom folder, then evaluate.
+"""Train PPL (semi-supervised segmentation), evaluate teacher and student, export the teacher.
 
-    python scripts/train.py [--data-dir DIR] [--epochs N] [--out runs/demo]
+    python scripts/train.py                                   # the demo: digit scenes, 1/16 labels
+    python scripts/train.py --config configs/voc_r50.yaml data_dir=/data/VOCdevkit/VOC2012
+    python scripts/train.py --config configs/voc_r50.yaml labeled=1/8 batch_size=4 base_lr=0.005
+    python scripts/train.py --strategy mirrored ...            # all visible GPUs
+    TF_CONFIG=... python scripts/train.py --strategy multi_worker ...   # one process per machine
 
-This is the first version of the main job (issue 5 grows it: YAML configs, strategies, export,
-PNG grids). It trains with `model.fit` and Keras callbacks (progress bar, TensorBoard, CSV log,
-best checkpoint by teacher mIoU, BackupAndRestore, TerminateOnNaN) and prints the final teacher
-and student mIoU with per-class IoU.
+Keys are the fields of `ppl_tf.config.TrainConfig` (flat YAML; `key=value` overrides after the
+config file). A run folder (`out`) gets: config.yaml (resolved), splits/, log.csv, tensorboard/,
+best.weights.h5 (by teacher mIoU), backup/ (BackupAndRestore: rerun the same command after an
+interruption to resume), predictions/ (a PNG per epoch), predictions.png, curves.png,
+teacher.keras, student.keras, dataset.json and metrics.json; then the teacher is exported to
+`export_dir/<export_name>/<version>/` (SavedModel + ONNX).
 """
 
 import argparse
 import json
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", help="custom-format dataset folder (default: digit scenes)")
-    parser.add_argument("--cache-dir", default="data_cache", help="where digit scenes are written")
-    parser.add_argument("--labeled", default="1/16", help="labeled fraction or count")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps-per-epoch", type=int, default=60)
-    parser.add_argument("--warmup-epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=8, help="labeled and unlabeled each")
-    parser.add_argument("--crop-size", type=int, default=64)
-    parser.add_argument("--base-lr", type=float, default=0.05)
-    parser.add_argument("--num-stages", type=int, default=2)
-    parser.add_argument("--unsupervised-weight", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demo")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help=f"YAML config (default: {DEMO_CONFIG.relative_to(ROOT)})")
+    parser.add_argument("--strategy", help="auto | one | mirrored | multi_worker")
+    parser.add_argument("--cpu-replicas", type=int, help="split the CPU into N logical devices")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser.parse_args(argv)
+
+
+def fail(message, code=2):
+    print(f"train.py: {message}", file=sys.stderr)
+    return code
+
+
+def load_data(config, out, write):
+    """(source, splits) of the configured dataset; writes the split lists into the run."""
+    from ppl_tf.data import make_splits, validate
+    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
+    from ppl_tf.data.sources import load_source
+
+    if config.dataset == "digits":
+        scenes = DigitSceneConfig(num_train=config.digits_train_scenes)
+        root = materialise(config.cache_dir, scenes, verbose=write)
+        source = load_source("custom", root)
+    else:
+        source = load_source(config.dataset, config.data_dir)
+    labeled = "1/1" if config.labeled == "all" else config.labeled
+    splits = make_splits(
+        source, labeled, seed=config.seed, split_dir=out / "splits" if write else None
+    )
+    splits, report = validate(source, splits)
+    return source, splits
+
+
+def build(config, source, strategy, total_steps, warmup_steps):
+    import keras
+
+    from ppl_tf.models import build_segmenter
+    from ppl_tf.training import PPLTrainer, use_synchronized_batchnorm
+
+    with strategy.scope():
+        student = build_segmenter(
+            source.num_classes,
+            config.backbone,
+            num_stages=config.num_stages,
+            memory_length=config.memory_length,
+            output_stride=config.output_stride,
+            backbone_weights=config.backbone_weights,
+            use_attention=config.use_attention,
+        )
+        if strategy.num_replicas_in_sync > 1:
+            use_synchronized_batchnorm(student)
+        trainer = PPLTrainer(
+            student,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            tau=config.tau,
+            unsupervised_weight=config.unsupervised_weight,
+            gamma=config.gamma,
+            margin=config.margin,
+            use_push=config.use_push,
+            use_unlabeled=config.use_unlabeled,
+            weight_decay=config.weight_decay,
+            backbone_lr_multiplier=config.backbone_lr_multiplier,
+            ohem=config.ohem,
+            noise_ratio=config.noise_ratio,
+        )
+        trainer.compile(optimizer=config.optimizer, base_lr=config.base_lr)
+    keras.utils.set_random_seed(config.seed)
+    return trainer
+
+
+def set_precision(config):
+    import keras
+    import tensorflow as tf
+
+    policy = config.precision
+    if policy == "auto":
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
 
 
 def main(argv=None):
     args = parse_args(argv)
-    import keras
+    from ppl_tf.config import ConfigError, load_config, save_config
 
-    from ppl_tf.data import (
-        AugmentConfig,
-        DataError,
-        custom_source,
-        eval_dataset,
-        make_splits,
-        semi_supervised_dataset,
-        validate,
-    )
-    from ppl_tf.data.digit_scenes import materialise
-    from ppl_tf.models import build_segmenter
-    from ppl_tf.training import PPLTrainer
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
+    overrides = list(args.overrides)
+    if args.strategy:
+        overrides.append(f"strategy={args.strategy}")
     try:
-        root = Path(args.data_dir) if args.data_dir else materialise(args.cache_dir)
-        source = custom_source(root)
-        splits = make_splits(source, labeled=args.labeled, seed=args.seed, split_dir=out / "splits")
-        splits, _ = validate(source, splits)
+        config = load_config(args.config or DEMO_CONFIG, overrides)
+    except ConfigError as error:
+        return fail(error)
+
+    import keras
+    import numpy as np
+
+    from ppl_tf.data import AugmentConfig, DataError, eval_dataset, semi_supervised_dataset
+    from ppl_tf.distribute import StrategyError, is_chief, make_strategy
+    from ppl_tf.evaluation import evaluate, format_table, keras_predictor
+    from ppl_tf.visualize import ImageLogger, plot_curves, save_prediction_grid
+
+    try:
+        strategy = make_strategy(config.strategy, args.cpu_replicas)
+    except StrategyError as error:
+        return fail(error)
+    chief = is_chief()
+    out = Path(config.out)
+    # Non-chief workers run the same callbacks into a scratch folder nobody reads.
+    work = out if chief else out / f".worker_{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
+    work.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    policy = set_precision(config)
+    try:
+        source, splits = load_data(config, work, write=chief)
     except DataError as error:
-        print(f"train.py: data error: {error}", file=sys.stderr)
-        return 2
+        return fail(f"data error: {error}")
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        return fail(f"batch_size {config.batch_size} is not divisible by {replicas} replicas")
+    unlabeled = splits.unlabeled or splits.labeled
+    steps_per_epoch = config.steps_per_epoch or math.ceil(
+        (len(splits.labeled) + len(splits.unlabeled)) / config.batch_size
+    )
+    total_steps = config.epochs * steps_per_epoch
     print(
-        f"data: {source.root} | {len(splits.labeled)} labeled, {len(splits.unlabeled)} unlabeled, "
-        f"{len(splits.val)} val | {source.num_classes} classes"
+        f"data: {source.root} | {len(splits.labeled)} labeled, {len(splits.unlabeled)} "
+        f"unlabeled, {len(splits.val)} val | {source.num_classes} classes\n"
+        f"run: {config.epochs} epochs x {steps_per_epoch} steps, global batch "
+        f"{config.batch_size}+{config.batch_size} ({config.batch_size // replicas}+"
+        f"{config.batch_size // replicas} per replica, {replicas} replicas, "
+        f"{type(strategy).__name__}), precision {policy}, out {out}"
+    )
+    if chief:
+        save_config(config, out / "config.yaml")
+        (out / "dataset.json").write_text(json.dumps({
+            "class_names": list(source.class_names),
+            "palette": [list(map(int, c)) for c in source.palette],
+            "root": str(source.root),
+        }, indent=1) + "\n")  # fmt: skip
+
+    augment = AugmentConfig(
+        crop_size=config.crop_size,
+        scale_range=(config.scale_min, config.scale_max),
+        cutmix=config.cutmix,
     )
     train = semi_supervised_dataset(
-        source, splits.labeled, splits.unlabeled, args.batch_size, args.batch_size,
-        AugmentConfig(crop_size=args.crop_size), seed=args.seed, cache=True,
+        source, splits.labeled, unlabeled, config.batch_size, config.batch_size, augment,
+        seed=config.seed, cache=config.dataset == "digits",
     )  # fmt: skip
-    val = eval_dataset(source, splits.val, batch_size=16, cache=True)
-    total_steps = args.epochs * args.steps_per_epoch
-    student = build_segmenter(
-        source.num_classes, "tiny", num_stages=args.num_stages, backbone_weights=None
-    )
-    trainer = PPLTrainer(
-        student,
-        total_steps=total_steps,
-        warmup_steps=args.warmup_epochs * args.steps_per_epoch,
-        unsupervised_weight=args.unsupervised_weight,
-        backbone_lr_multiplier=1.0,  # no pretrained backbone to protect
-    )
-    trainer.compile(base_lr=args.base_lr)
+    val = eval_dataset(source, splits.val, batch_size=config.eval_batch_size, cache=True)
+    trainer = build(config, source, strategy, total_steps, config.warmup_epochs * steps_per_epoch)
+    val_images, val_masks = next(iter(val.unbatch().batch(config.images_to_log)))
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        keras.callbacks.BackupAndRestore(str(work / "backup")),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
-        keras.callbacks.TensorBoard(str(out / "tensorboard")),
+        keras.callbacks.CSVLogger(str(work / "log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(work / "tensorboard")),
         keras.callbacks.ModelCheckpoint(
-            str(out / "best.weights.h5"),
+            str(work / "best.weights.h5"),
             monitor="val_teacher_miou",
             mode="max",
             save_best_only=True,
             save_weights_only=True,
-        ),
+        ),  # fmt: skip
     ]
-    trainer.fit(
+    if chief and config.images_to_log:
+        callbacks.append(
+            ImageLogger(
+                val_images.numpy(),
+                val_masks.numpy(),
+                source.palette,
+                work / "tensorboard",
+                work / "predictions",
+                tau=config.tau,
+            )  # fmt: skip
+        )
+    start = time.perf_counter()
+    history = trainer.fit(
         train,
-        steps_per_epoch=args.steps_per_epoch,
-        epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch,
+        epochs=config.epochs,
         validation_data=val,
         callbacks=callbacks,
+        verbose=1 if chief else 0,
     )
-    logs = trainer.evaluate(val, return_dict=True, verbose=0)
-    result = {
-        "teacher_miou": float(logs["teacher_miou"]),
-        "student_miou": float(logs["student_miou"]),
-        "teacher_per_class_iou": dict(
-            zip(source.class_names, map(float, trainer.per_class_iou("teacher")), strict=True)
-        ),
-    }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    train_seconds = time.perf_counter() - start
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        return fail(
+            f"training stopped: the loss became {losses[-1]} in epoch {len(losses)}. The best "
+            f"checkpoint so far is {work / 'best.weights.h5'}; lower base_lr and rerun.",
+            code=3,
+        )
+    if not chief:
+        return 0
+    steps = int(trainer.optimizer.iterations.numpy())
+    best = out / "best.weights.h5"
+    if best.is_file():
+        trainer.load_weights(best)
+    results = {}
+    for network in ("teacher", "student"):
+        model = getattr(trainer, network)
+        result = evaluate(
+            keras_predictor(model), val, source.num_classes, config.eval_crop, config.eval_flip
+        )
+        results[network] = result
+    metrics = {
+        "teacher_miou": results["teacher"]["miou"],
+        "student_miou": results["student"]["miou"],
+        "teacher_per_class_iou": dict(zip(source.class_names,
+            map(float, results["teacher"]["per_class_iou"]), strict=True)),
+        "student_per_class_iou": dict(zip(source.class_names,
+            map(float, results["student"]["per_class_iou"]), strict=True)),
+        "steps": steps,
+        "train_seconds": round(train_seconds, 1),
+        "checkpoint": str(best if best.is_file() else "last epoch"),
+        "eval": {"crop": config.eval_crop, "flip": config.eval_flip},
+    }  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    table = format_table(
+        source.class_names,
+        {n: results[n]["per_class_iou"] for n in ("teacher", "student")},
+    )
+    (out / "per_class_iou.md").write_text(table + "\n")
     trainer.student.save(out / "student.keras")
     trainer.teacher.save(out / "teacher.keras")
-    print(json.dumps(result, indent=2))
+    save_prediction_grid(
+        out / "predictions.png", trainer.teacher, val_images.numpy(), val_masks.numpy(),
+        source.palette, tau=config.tau,
+    )  # fmt: skip
+    if (out / "log.csv").is_file():
+        plot_curves(out / "log.csv", out / "curves.png")
+    print(table)
+    print(
+        f"teacher mIoU {100 * metrics['teacher_miou']:.2f}, student mIoU "
+        f"{100 * metrics['student_miou']:.2f} after {steps} steps ({train_seconds / 60:.1f} min)"
+    )
+    if config.export:
+        from ppl_tf.export import export_model
+
+        keras.mixed_precision.set_global_policy("float32")
+        target = export_model(
+            trainer.teacher
+            if policy == "float32"
+            else _float32_copy(config, source, trainer.teacher),
+            Path(config.export_dir) / (config.export_name or out.resolve().name),
+            class_names=source.class_names,
+            palette=source.palette,
+            model_config=config.to_dict(),
+            source_checkpoint=out / "teacher.keras",
+            network="teacher",
+        )
+        print(f"exported: {target}")
     return 0
+
+
+def _float32_copy(config, source, model):
+    """A float32 twin of a mixed-precision model (exports are float32)."""
+    from ppl_tf.models import build_segmenter
+
+    twin = build_segmenter(
+        source.num_classes, config.backbone, num_stages=config.num_stages,
+        memory_length=config.memory_length, output_stride=config.output_stride,
+        backbone_weights=None, use_attention=config.use_attention,
+    )  # fmt: skip
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""Run configuration: flat YAML files read into a frozen dataclass, with `key=value` overrides.
+
+    config = load_config("configs/voc_r50.yaml", ["labeled=1/8", "epochs=40"])
+
+Every key of a file or override must be a field of `TrainConfig`; an unknown key, a value of
+the wrong type or an invalid choice is a `ConfigError` naming the file (or override) and the key.
+`configs/demo.yaml` holds the defaults of `scripts/train.py` without arguments.
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+DATASETS = ("digits", "voc", "cityscapes", "custom")
+STRATEGIES = ("auto", "one", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    dataset: str = "digits"  # digits | voc | cityscapes | custom
+    data_dir: str | None = None  # root of voc/cityscapes/custom data; digits: none
+    cache_dir: str = "data_cache"  # where digit scenes are written
+    digits_train_scenes: int = 4000
+    labeled: str = "1/16"  # a fraction, a count, "all", or a folder of split lists
+    crop_size: int = 64
+    scale_min: float = 0.8
+    scale_max: float = 1.25
+    cutmix: bool = False
+    # model
+    backbone: str = "tiny"  # tiny | resnet50 | resnet101
+    backbone_weights: str | None = None  # imagenet | None | a weights file
+    output_stride: int = 16
+    num_stages: int = 2
+    memory_length: int = 10
+    use_attention: bool = True  # pulling
+    # method
+    use_push: bool = True  # pushing (Eq. 1)
+    use_unlabeled: bool = True  # False: supervised only
+    tau: float = 0.8
+    unsupervised_weight: float = 0.5
+    gamma: float = 32.0
+    margin: float = 0.25
+    ohem: bool = False
+    noise_ratio: float | None = None  # Appendix A: pseudo-labels from noisy ground truth
+    # optimisation
+    optimizer: str = "sgd"  # sgd (paper) | adamw
+    base_lr: float = 0.01
+    backbone_lr_multiplier: float = 0.1
+    weight_decay: float = 1e-4
+    batch_size: int = 8  # global, labeled images per step (as many unlabeled)
+    epochs: int = 80
+    steps_per_epoch: int | None = None  # default: labeled+unlabeled train set / batch size
+    warmup_epochs: int = 10
+    # evaluation
+    eval_batch_size: int = 8
+    eval_crop: int | None = None  # sliding-window evaluation with this window
+    eval_flip: bool = False
+    # running
+    strategy: str = "auto"  # auto | one | mirrored | multi_worker
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 | auto
+    seed: int = 0
+    out: str = "runs/demo"
+    export: bool = True  # export the teacher at the end
+    export_dir: str = "exported"
+    export_name: str | None = None  # default: the run folder's name
+    images_to_log: int = 4  # prediction/pseudo-label images per epoch in TensorBoard
+
+    def __post_init__(self):
+        choices = {
+            "dataset": DATASETS,
+            "strategy": STRATEGIES,
+            "precision": PRECISIONS,
+            "backbone": ("tiny", "resnet50", "resnet101"),
+            "optimizer": ("sgd", "adamw"),
+            "output_stride": (8, 16),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: must be one of {allowed}, got {getattr(self, key)!r}")
+        positive = ("batch_size", "epochs", "crop_size", "eval_batch_size", "memory_length")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"scale_min/scale_max: need 0 < min <= max, got {self.scale_min}, "
+                              f"{self.scale_max}")  # fmt: skip
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup_epochs: must be in [0, epochs], got {self.warmup_epochs}")
+        if self.dataset != "digits" and not self.data_dir:
+            raise ConfigError(f"data_dir: required for dataset {self.dataset!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _allowed_types(annotation):
+    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    return hints or (annotation,)
+
+
+def _coerce(key, value, where):
+    """`value` checked (and int -> float widened) against the type of field `key`."""
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+    annotation = typing.get_type_hints(TrainConfig)[key]
+    allowed = _allowed_types(annotation)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. labeled: 92
+    if any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed):
+        return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{where}: {key} must be {names}, got {value!r}")
+
+
+def parse_override(text):
+    """ "key=value" -> (key, value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: {error}") from None
+    if isinstance(value, str) and "/" in value and key.strip() == "labeled":
+        value = raw.strip()
+    return key.strip(), value
+
+
+def load_config(path=None, overrides=()):
+    """A `TrainConfig` from the YAML file `path` (optional) and `key=value` overrides."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a flat mapping of keys to values")
+        for key, value in data.items():
+            values[key] = _coerce(str(key), value, str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = _coerce(key, value, f"override {text!r}")
+    try:
+        return TrainConfig(**values)
+    except ConfigError as error:
+        where = str(path) if path is not None else "config"
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def save_config(config, path):
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

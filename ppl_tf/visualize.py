@@ -1,0 +1,119 @@
+"""What users look at: PNG grids of predictions and pseudo-labels, TensorBoard images, curves."""
+
+import csv
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageDraw
+
+IGNORE_COLOR = (255, 255, 255)  # pixels without a label or below the pseudo-label threshold
+
+
+def colorize(labels, palette):
+    """(H, W) ids with 255 = ignore -> (H, W, 3) uint8."""
+    palette = np.asarray(palette, np.uint8)
+    labels = np.asarray(labels)
+    out = palette[np.clip(labels, 0, len(palette) - 1)]
+    out[labels == 255] = IGNORE_COLOR
+    return out
+
+
+def prediction_panels(model, images, masks, tau=0.8):
+    """(prediction, pseudo-label with low-confidence pixels set to 255) of `model` per image."""
+    probs = tf.nn.softmax(model(tf.cast(images, tf.float32), training=False), axis=-1).numpy()
+    prediction = probs.argmax(-1)
+    pseudo = np.where(probs.max(-1) > tau, prediction, 255)
+    return prediction, pseudo
+
+
+def grid(images, masks, pseudo, prediction, palette, titles=None):
+    """Rows of [image | ground truth | pseudo-label | prediction] as one uint8 array."""
+    titles = titles or ("image", "ground truth", "pseudo-label", "prediction")
+    rows = []
+    for image, mask, ps, pred in zip(images, masks, pseudo, prediction, strict=True):
+        row = [np.asarray(image, np.uint8), colorize(mask, palette), colorize(ps, palette),
+               colorize(pred, palette)]  # fmt: skip
+        rows.append(np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0))) for p in row], axis=1))
+    body = np.concatenate(rows, axis=0)
+    scale = max(1, 256 // body.shape[1] * 2) if body.shape[1] < 512 else 1
+    picture = Image.fromarray(body).resize(
+        (body.shape[1] * scale, body.shape[0] * scale), Image.NEAREST
+    )
+    header = Image.new("RGB", (picture.width, 16), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    for i, title in enumerate(titles):
+        draw.text((i * picture.width // len(titles) + 4, 2), title, fill=(0, 0, 0))
+    canvas = Image.new("RGB", (picture.width, picture.height + 16))
+    canvas.paste(header, (0, 0))
+    canvas.paste(picture, (0, 16))
+    return np.asarray(canvas)
+
+
+def save_prediction_grid(path, model, images, masks, palette, tau=0.8):
+    """Writes the grid of `model` (the teacher: its pseudo-labels are the training targets)."""
+    prediction, pseudo = prediction_panels(model, images, masks, tau)
+    Image.fromarray(grid(images, masks, pseudo, prediction, palette)).save(path)
+
+
+class ImageLogger(keras.callbacks.Callback):
+    """Each epoch: the teacher's predictions and pseudo-labels on a few val images, to
+    TensorBoard (`images` tab) and as `<out>/predictions/epoch_NNN.png`."""
+
+    def __init__(self, images, masks, palette, log_dir, png_dir=None, tau=0.8):
+        super().__init__()
+        self.images, self.masks = np.asarray(images), np.asarray(masks)
+        self.palette, self.tau = palette, tau
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
+        self.png_dir = Path(png_dir) if png_dir else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        teacher = self.model.teacher
+        prediction, pseudo = prediction_panels(teacher, self.images, self.masks, self.tau)
+        picture = grid(self.images, self.masks, pseudo, prediction, self.palette)
+        with self.writer.as_default():
+            tf.summary.image("teacher: image | truth | pseudo-label | prediction",
+                             picture[None], step=epoch)  # fmt: skip
+        self.writer.flush()
+        if self.png_dir:
+            self.png_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(picture).save(self.png_dir / f"epoch_{epoch + 1:03d}.png")
+
+
+def plot_curves(log_csv, path):
+    """Training curves from a CSVLogger file: losses, mIoUs, mask ratio, pseudo-label quality."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return None
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+
+    def series(name):
+        return [float(r[name]) if r.get(name) not in (None, "") else np.nan for r in rows]
+
+    panels = [
+        ("losses", [k for k in rows[0] if k.startswith("loss")]),
+        ("val mIoU", [k for k in ("val_teacher_miou", "val_student_miou") if k in rows[0]]),
+        (
+            "pseudo-labels",
+            [k for k in ("mask_ratio", "pseudo_miou", "pseudo_recall") if k in rows[0]],
+        ),  # fmt: skip
+    ]
+    panels = [(title, keys) for title, keys in panels if keys]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
+    for axis, (title, keys) in zip(np.atleast_1d(axes), panels, strict=True):
+        for key in keys:
+            axis.plot(epochs, series(key), label=key)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
