@@ -183,7 +183,8 @@ def main(argv=None):
     )  # fmt: skip
     val = eval_dataset(source, splits.val, batch_size=config.eval_batch_size, cache=True)
     trainer = build(config, source, strategy, total_steps, config.warmup_epochs * steps_per_epoch)
-    val_images, val_masks = next(iter(val.unbatch().batch(config.images_to_log)))
+    # A few val images for the per-epoch images (if any) and the final grid.
+    val_images, val_masks = next(iter(val.unbatch().batch(config.images_to_log or 4)))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(work / "backup")),
         keras.callbacks.TerminateOnNaN(),
