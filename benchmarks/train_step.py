@@ -1,0 +1,109 @@
+"""Training step time and throughput: mean-teacher baseline (n = 0) vs PPL (n = 2).
+
+    python benchmarks/train_step.py                  # tiny 64x64 8+8, R50 256x256 2+2
+    python benchmarks/train_step.py --configs tiny:64:8 --steps 5     # seconds
+
+Each config is backbone:crop:batch (labeled and unlabeled images per step each). The trainer
+runs `fit` on a synthetic batch stream after the warm-up phase (every loss term on), and a
+callback times each step; the median of `--steps` steps after `--warmup` untimed ones is
+reported with images/s (labeled + unlabeled) and PPL's overhead over the baseline. Writes
+results/train_step.json and results/train_step.md.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def synthetic_batches(crop, batch, num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32)
+    masks = rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32)
+    element = {
+        "labeled_images": images, "labeled_masks": masks,
+        "unlabeled_weak": images[::-1].copy(), "unlabeled_strong": images[::-1] * 0.9,
+    }  # fmt: skip
+    return tf.data.Dataset.from_tensors(element).repeat()
+
+
+def time_config(backbone, crop, batch, num_stages, steps, warmup, num_classes=21):
+    from ppl_tf.models import build_segmenter
+    from ppl_tf.training import PPLTrainer
+
+    keras.utils.set_random_seed(0)
+    student = build_segmenter(num_classes, backbone, num_stages=num_stages, backbone_weights=None)
+    trainer = PPLTrainer(student, total_steps=1000, warmup_steps=0, tau=0.0)
+    trainer.compile(base_lr=0.001)
+    timer = StepTimer()
+    trainer.fit(synthetic_batches(crop, batch, num_classes), steps_per_epoch=steps + warmup,
+                epochs=1, verbose=0, callbacks=[timer])  # fmt: skip
+    times = timer.times[warmup:]
+    return statistics.median(times), min(times), max(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["tiny:64:8", "resnet50:256:2"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    rows = []
+    for spec in args.configs:
+        backbone, crop, batch = spec.split(":")
+        crop, batch = int(crop), int(batch)
+        medians = {}
+        for n in (0, 2):
+            median, low, high = time_config(backbone, crop, batch, n, args.steps, args.warmup)
+            medians[n] = median
+            row = {"backbone": backbone, "crop": crop, "batch": f"{batch}+{batch}",
+                   "num_stages": n, "median_s": round(median, 4), "min_s": round(low, 4),
+                   "max_s": round(high, 4),
+                   "images_per_s": round(2 * batch / median, 2)}  # fmt: skip
+            if n == 2:
+                row["overhead_pct"] = round(100 * (median / medians[0] - 1), 1)
+            rows.append(row)
+            print(json.dumps(row))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_step.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    lines = [
+        "| backbone | crop | batch | PPL stages | median step (s) | images/s | PPL overhead |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        overhead = f"{r['overhead_pct']:+.1f}%" if "overhead_pct" in r else "-"
+        lines.append(f"| {r['backbone']} | {r['crop']} | {r['batch']} | {r['num_stages']} | "
+                     f"{r['median_s']:.3f} | {r['images_per_s']:.1f} | {overhead} |")  # fmt: skip
+    (out / "train_step.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Quick modes of the benchmark scripts: they run from the repository and write their tables."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", ROOT / "benchmarks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cost_counts_parameters_and_multiply_adds(tmp_path):
+    rows = load("cost").main(["--backbone", "tiny", "--size", "64", "--stages", "0", "2",
+                              "--out", str(tmp_path)])  # fmt: skip
+    n0, n2 = rows
+    assert n2["params"] > n0["params"] and n2["macs"] > n0["macs"]
+    # A 64x64 image through the tiny model: tens of millions of multiply-adds, not billions.
+    assert 1e7 < n0["macs"] < 1e9
+    saved = json.loads((tmp_path / "cost_tiny.json").read_text())
+    assert saved["rows"] == rows and (tmp_path / "cost_tiny.md").is_file()
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_quick_mode(tmp_path):
+    rows = load("train_step").main(["--configs", "tiny:32:2", "--steps", "2", "--warmup", "1",
+                                    "--out", str(tmp_path)])  # fmt: skip
+    assert [r["num_stages"] for r in rows] == [0, 2]
+    assert all(r["median_s"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert "overhead_pct" in rows[1]
+    assert "PPL overhead" in (tmp_path / "train_step.md").read_text()
+
+
+@pytest.mark.slow
+def test_inference_benchmark_quick_mode(tmp_path):
+    argv = ["--backbones", "tiny", "--batches", "1", "--size", "64", "--runs", "1",
+            "--warmup", "1", "--out", str(tmp_path)]  # fmt: skip
+    result = load("inference").main(argv)
+    assert {r["path"] for r in result["rows"]} == {"keras", "savedmodel", "onnxruntime"}
+    assert result["matmul_peak_macs_per_s"] > 1e9
+    assert (tmp_path / "inference.md").is_file()
