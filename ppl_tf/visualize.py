@@ -37,7 +37,7 @@ def grid(images, masks, pseudo, prediction, palette, titles=None):
                colorize(pred, palette)]  # fmt: skip
         rows.append(np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0))) for p in row], axis=1))
     body = np.concatenate(rows, axis=0)
-    scale = max(1, 256 // body.shape[1] * 2) if body.shape[1] < 512 else 1
+    scale = max(1, 768 // body.shape[1])  # small images are enlarged to be seen
     picture = Image.fromarray(body).resize(
         (body.shape[1] * scale, body.shape[0] * scale), Image.NEAREST
     )

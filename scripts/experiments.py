@@ -1,0 +1,201 @@
+"""The paper's ablations on the digit scenes: Table 3, the Appendix-A noise study and Fig. 4.
+
+    python scripts/experiments.py                  # the whole set (BUDGET; ~90 min on 2 cores)
+    python scripts/experiments.py --quick              # seconds: tiny budget, one seed, smoke test
+    python scripts/experiments.py --only table3        # one part
+
+Every run is `scripts/train.py` (its `main()`, in this process) on the demo config with one fixed
+budget and a few overrides; a run whose `metrics.json` exists is skipped, so an interrupted set
+restarts where it stopped. Results go to `--out` (default results/experiments/): one folder per
+run, `summary.json`, `summary.md` (the tables that go into the README) and `fig4.png`.
+
+Runs (1/16 labels unless "full"):
+- Table 3: supervised only; mean-teacher baseline (n = 0); + pull only (n = 2, no Eq. 1);
+  + push only (n = 2, no attention); PPL (n = 2); fully supervised baseline and PPL (all labels,
+  unlabeled = the same images). Mean +/- std over the seeds; Gap = Fully - Semi.
+- Noise study (Appendix A): pseudo-labels = ground truth with 0/10/20/40% of pixels replaced by
+  the teacher's 2nd or 3rd class, baseline vs PPL, first seed.
+- Fig. 4: pseudo-label mIoU and recall per epoch for the baseline, one stage and two stages.
+"""
+
+import argparse
+import csv
+import importlib.util
+import json
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TABLE3 = {
+    "sup_only": ["use_unlabeled=false", "num_stages=0"],
+    "baseline": ["num_stages=0"],
+    "pull_only": ["num_stages=2", "use_push=false"],
+    "push_only": ["num_stages=2", "use_attention=false"],
+    "ppl": ["num_stages=2"],
+    "full_baseline": ["labeled=all", "num_stages=0"],
+    "full_ppl": ["labeled=all", "num_stages=2"],
+}
+NOISE = (0.0, 0.1, 0.2, 0.4)
+BUDGET = {"epochs": 20, "steps_per_epoch": 60, "warmup_epochs": 4}
+QUICK = {"epochs": 2, "steps_per_epoch": 2, "warmup_epochs": 1, "batch_size": 2,
+         "digits_train_scenes": 48}  # fmt: skip
+
+
+def load_train():
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def plan(seeds, parts):
+    """[(run name, overrides)] in execution order."""
+    runs = []
+    if "table3" in parts:
+        for seed in seeds:
+            for name, overrides in TABLE3.items():
+                runs.append((f"table3/{name}_s{seed}", [*overrides, f"seed={seed}"]))
+    if "noise" in parts:
+        for ratio in NOISE:
+            for name, stages in (("baseline", 0), ("ppl", 2)):
+                runs.append((f"noise/{name}_{int(ratio * 100):02d}",
+                             [f"num_stages={stages}", f"noise_ratio={ratio}",
+                              f"seed={seeds[0]}"]))  # fmt: skip
+    if "fig4" in parts:
+        runs.append((f"fig4/one_stage_s{seeds[0]}", ["num_stages=1", f"seed={seeds[0]}"]))
+    return runs
+
+
+def run_all(runs, out, budget, cache_dir):
+    train = load_train()
+    for name, overrides in runs:
+        folder = out / name
+        if (folder / "metrics.json").is_file():
+            print(f"[skip] {name}: finished before")
+            continue
+        argv = [f"{k}={v}" for k, v in budget.items()] + list(overrides)
+        argv += [f"out={folder}", "export=false", "images_to_log=0", f"cache_dir={cache_dir}"]
+        print(f"[run] {name}: {' '.join(overrides)}", flush=True)
+        start = time.perf_counter()
+        code = train.main(argv)
+        if code != 0:
+            raise SystemExit(f"experiments: run {name} failed with exit code {code}")
+        print(f"[done] {name} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def read_metrics(folder):
+    path = folder / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_log(folder):
+    path = folder / "log.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def mean_std(values):
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(pair):
+    mean, std = pair
+    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def summarise(out, seeds):
+    """Tables from the run folders -> summary.json, summary.md and fig4.png."""
+    summary = {"seeds": list(seeds), "table3": {}, "noise": {}, "fig4": {}}
+    for name in TABLE3:
+        values = [m["teacher_miou"] for s in seeds
+                  if (m := read_metrics(out / "table3" / f"{name}_s{s}"))]  # fmt: skip
+        summary["table3"][name] = {"teacher_miou": values, "mean_std": mean_std(values)}
+    for ratio in NOISE:
+        for name in ("baseline", "ppl"):
+            m = read_metrics(out / "noise" / f"{name}_{int(ratio * 100):02d}")
+            summary["noise"][f"{name}_{int(ratio * 100):02d}"] = m and m["teacher_miou"]
+    first = seeds[0]
+    for label, folder in (("baseline", out / "table3" / f"baseline_s{first}"),
+                          ("one stage", out / "fig4" / f"one_stage_s{first}"),
+                          ("two stages", out / "table3" / f"ppl_s{first}")):  # fmt: skip
+        rows = read_log(folder)
+        summary["fig4"][label] = {
+            "pseudo_miou": [float(r["pseudo_miou"]) for r in rows if "pseudo_miou" in r],
+            "pseudo_recall": [float(r["pseudo_recall"]) for r in rows if "pseudo_recall" in r],
+        }
+    lines = [f"Teacher mIoU (%) on the digit-scene val set, mean ± std over seeds {list(seeds)}.",
+             "", "| method | Semi (1/16) | Fully | Gap |", "| --- | --- | --- | --- |"]  # fmt: skip
+    t3 = summary["table3"]
+    for name, full in (("sup_only", None), ("baseline", "full_baseline"), ("pull_only", None),
+                       ("push_only", None), ("ppl", "full_ppl")):  # fmt: skip
+        semi = t3[name]["mean_std"]
+        fully = t3[full]["mean_std"] if full else (None, None)
+        gap = "-"
+        if full and semi[0] is not None and fully[0] is not None:
+            gap = f"{100 * (fully[0] - semi[0]):.2f}"
+        lines.append(f"| {name} | {fmt(semi)} | {fmt(fully)} | {gap} |")
+    lines += ["", "Noise study (Appendix A), teacher mIoU (%), seed "
+              f"{first}:", "", "| noise | baseline | PPL |", "| --- | --- | --- |"]  # fmt: skip
+    for ratio in NOISE:
+        key = int(ratio * 100)
+        cells = [summary["noise"][f"{n}_{key:02d}"] for n in ("baseline", "ppl")]
+        cells = ["-" if c is None else f"{100 * c:.2f}" for c in cells]
+        lines.append(f"| {key}% | {cells[0]} | {cells[1]} |")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    plot_fig4(summary["fig4"], out / "fig4.png")
+    print("\n".join(lines))
+    return summary
+
+
+def plot_fig4(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for label, values in curves.items():
+        for axis, key in zip(axes, ("pseudo_miou", "pseudo_recall"), strict=True):
+            if values[key]:
+                axis.plot(range(1, len(values[key]) + 1), [100 * v for v in values[key]],
+                          label=label)  # fmt: skip
+    for axis, title in zip(axes, ("pseudo-label mIoU (%)", "pseudo-label recall (%)"), strict=True):
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "results" / "experiments"))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", choices=("table3", "noise", "fig4"),
+                        default=["table3", "noise", "fig4"])  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="tiny budget and one seed")
+    parser.add_argument("--cache-dir", default=str(ROOT / "data_cache"))
+    args = parser.parse_args(argv)
+    budget, seeds = BUDGET, args.seeds
+    if args.quick:
+        budget, seeds = QUICK, args.seeds[:1]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "budget.json").write_text(json.dumps({"budget": budget, "seeds": seeds}) + "\n")
+    start = time.perf_counter()
+    run_all(plan(seeds, args.only), out, budget, args.cache_dir)
+    summary = summarise(out, seeds)
+    print(f"experiments: {time.perf_counter() - start:.0f} s")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
