@@ -220,6 +220,25 @@ class PPLTrainer(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         self.optimizer.build(self.student.trainable_weights)
 
+    # --------------------------------------------------------- distribution workarounds
+    # keras-team/keras#20585: under MultiWorkerMirroredStrategy, `fit` first reduces one
+    # distributed batch with `strategy.reduce(..., axis=None)` to build the model symbolically,
+    # which fails for dict batches. This trainer builds everything itself (networks in
+    # __init__, the optimizer in compile), so the symbolic build has nothing to do: skip it.
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        layers_built = all(layer.built for layer in self._flatten_layers())
+        if layers_built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    # Second part of #20585: under MultiWorkerMirroredStrategy, Keras reduces the per-replica
+    # logs with `strategy.reduce("MEAN", v, axis=0)`, which fails for scalars. Logs of shape
+    # (1,) reduce to the same mean (every replica has the same batch size).
+    def _distributed_logs(self, logs):
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
     def call(self, images, training=False):
         return self.student(images, training=training)
 
@@ -371,7 +390,7 @@ class PPLTrainer(keras.Model):
         if self.use_unlabeled:
             logs["pseudo_miou"] = self.pseudo_iou.result()
             logs["pseudo_recall"] = self.pseudo_coverage.recall()
-        return logs
+        return self._distributed_logs(logs)
 
     # ------------------------------------------------------------------ eval
     def test_step(self, data):
@@ -379,10 +398,10 @@ class PPLTrainer(keras.Model):
         for network, metric in ((self.student, self.student_iou), (self.teacher, self.teacher_iou)):
             prediction = tf.argmax(network(images, training=False), axis=-1, output_type=tf.int32)
             metric.add_increment(_all_reduce_sum(metric.increment(masks, prediction)))
-        return {
+        return self._distributed_logs({
             "student_miou": self.student_iou.result(),
             "teacher_miou": self.teacher_iou.result(),
-        }
+        })  # fmt: skip
 
     def per_class_iou(self, network="teacher"):
         """Per-class IoU of the last evaluation (NaN: class in neither truth nor prediction)."""

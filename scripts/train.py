@@ -226,6 +226,9 @@ def main(argv=None):
             f"checkpoint so far is {work / 'best.weights.h5'}; lower base_lr and rerun.",
             code=3,
         )
+    # Every worker keeps its final weights (non-chief ones in their scratch folder): the
+    # replicas of a multi-worker run can be compared.
+    trainer.save_weights(work / "final.weights.h5")
     if not chief:
         return 0
     steps = int(trainer.optimizer.iterations.numpy())

@@ -152,3 +152,51 @@ def test_run_killed_with_sigkill_resumes_from_its_backup(tmp_path):
     assert epochs == list(range(5)), epochs  # resumed after the last finished epoch
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 5 * 3  # the same number of steps as an uninterrupted run
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path):
+    import h5py
+    import numpy as np
+
+    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    overrides = tiny_run(tmp_path, export=False, images_to_log=0)
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": ""}
+        argv = [sys.executable, str(ROOT / "scripts" / "train.py"), "--strategy", "multi_worker"]
+        processes.append(subprocess.Popen([*argv, *overrides], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))  # fmt: skip
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "2 replicas, CollectiveAllReduceStrategy" in outputs[0][0]
+    run = tmp_path / "run"
+    assert (run / "metrics.json").is_file()  # the chief evaluates and writes
+    assert not (run / ".worker_1" / "metrics.json").exists()
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6
+
+    def arrays(path):
+        found = {}
+        with h5py.File(path, "r") as handle:
+            handle.visititems(
+                lambda name, item: (
+                    found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+                )
+            )
+        return found
+
+    chief = arrays(run / "final.weights.h5")
+    other = arrays(run / ".worker_1" / "final.weights.h5")
+    assert chief.keys() == other.keys() and len(chief) > 100
+    for name in chief:
+        np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
