@@ -25,15 +25,15 @@ FORMAT_VERSION = 2
 
 @dataclass(frozen=True)
 class DigitSceneConfig:
-    num_train: int = 1000
+    num_train: int = 4000
     num_val: int = 200
     size: int = 64
     digits_per_scene: tuple[int, int] = (2, 4)
-    digit_size: tuple[int, int] = (18, 30)
+    digit_size: tuple[int, int] = (20, 28)
     val_pool_fraction: float = 0.3
-    clutter: int = 4  # most rectangles and lines drawn on a background
-    noise: float = 10.0  # std of the Gaussian pixel noise
-    min_contrast: float = 120.0  # least RGB distance between a digit and what it covers
+    clutter: int = 2  # most rectangles and lines drawn on a background
+    noise: float = 5.0  # std of the Gaussian pixel noise
+    min_contrast: float = 180.0  # least RGB distance between a digit and what it covers
     stroke_threshold: float = 0.3  # glyph coverage above which a pixel is labeled as the digit
     seed: int = 0
 
