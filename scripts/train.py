@@ -46,7 +46,7 @@ def fail(message, code=2):
 
 def load_data(config, out, write):
     """(source, splits) of the configured dataset; writes the split lists into the run."""
-    from ppl_tf.data import make_splits, validate
+    from ppl_tf.data import Splits, make_splits, validate
     from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
     from ppl_tf.data.sources import load_source
 
@@ -60,6 +60,8 @@ def load_data(config, out, write):
     splits = make_splits(
         source, labeled, seed=config.seed, split_dir=out / "splits" if write else None
     )
+    if not splits.unlabeled:  # every image labeled: the unlabeled stream reuses them
+        splits = Splits(splits.labeled, splits.labeled, splits.val)
     splits, report = validate(source, splits)
     return source, splits
 
@@ -151,10 +153,9 @@ def main(argv=None):
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         return fail(f"batch_size {config.batch_size} is not divisible by {replicas} replicas")
-    unlabeled = splits.unlabeled or splits.labeled
-    steps_per_epoch = config.steps_per_epoch or math.ceil(
-        (len(splits.labeled) + len(splits.unlabeled)) / config.batch_size
-    )
+    unlabeled = splits.unlabeled
+    distinct = len(set(splits.labeled) | set(splits.unlabeled))
+    steps_per_epoch = config.steps_per_epoch or math.ceil(distinct / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     print(
         f"data: {source.root} | {len(splits.labeled)} labeled, {len(splits.unlabeled)} "

@@ -323,3 +323,28 @@ def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):
         tmp_path / "c", DigitSceneConfig(num_train=12, num_val=4, size=48, seed=4), verbose=False
     )
     assert _digest(c) != _digest(a)
+
+
+def test_validate_command_names_bad_files_and_writes_clean_lists(custom, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "validate.py"
+    spec = importlib.util.spec_from_file_location("validate_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = custom
+    argv = ["dataset=custom", f"data_dir={root}", "labeled=4"]
+    assert module.main(argv) == 0
+    assert "0 bad" in capsys.readouterr().out
+    broken = sorted((root / "images").iterdir())[0]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert module.main(argv) == 1
+    assert f"{broken}: cannot decode the image" in capsys.readouterr().err
+    assert module.main([*argv, "--skip-bad", "--write-splits", str(tmp_path / "clean")]) == 1
+    assert "1 bad" in capsys.readouterr().out
+    kept = (tmp_path / "clean" / "labeled.txt").read_text().split()
+    kept += (tmp_path / "clean" / "unlabeled.txt").read_text().split()
+    kept += (tmp_path / "clean" / "val.txt").read_text().split()
+    assert broken.stem not in kept and len(kept) == 11
+    assert module.main(["epochz=1"]) == 2
