@@ -47,3 +47,11 @@ def test_inference_benchmark_quick_mode(tmp_path):
     assert {r["path"] for r in result["rows"]} == {"keras", "savedmodel", "onnxruntime"}
     assert result["matmul_peak_macs_per_s"] > 1e9
     assert (tmp_path / "inference.md").is_file()
+
+
+def test_pipeline_benchmark_quick_mode(tmp_path):
+    argv = ["--images", "8", "--batch", "2", "--crop", "96", "--batches", "2", "--warmup", "1",
+            "--out", str(tmp_path)]  # fmt: skip
+    result = load("pipeline").main(argv)
+    assert result["images_per_s"] > 0 and result["crop"] == 96
+    assert json.loads((tmp_path / "pipeline.json").read_text()) == result
