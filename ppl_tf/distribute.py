@@ -37,6 +37,21 @@ def configure_cpu_replicas(count):
         ) from None
 
 
+def cpu_mirrored_strategy(devices):
+    """MirroredStrategy over logical CPU devices, reducing through one device.
+
+    The default for CPUs is collective all-reduce. Synchronized BatchNorm issues one collective
+    per layer, also in the backward pass, where parallel branches (ASPP, the decoder's
+    low-level path) have no order between them; replicas can then launch the collectives in
+    different orders and the step fails with "Shape mismatch in the collective instance"
+    (seen with TF 2.21 on two logical CPUs). ReductionToOneDevice has no such ordering
+    requirement. On GPUs MirroredStrategy uses NCCL through the same reduce path.
+    """
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+
+
 def _tf_config():
     raw = os.environ.get("TF_CONFIG")
     if not raw:
@@ -92,7 +107,7 @@ def make_strategy(name="auto", cpu_replicas=None):
                 "strategy mirrored needs GPUs and none is visible; use strategy=one, or "
                 "--cpu-replicas 2 to try the multi-replica path on logical CPU devices"
             )
-        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+        return cpu_mirrored_strategy([d.name for d in cpus])
     _tf_config()
     communication = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.AUTO

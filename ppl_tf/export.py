@@ -108,10 +108,8 @@ def next_version(export_dir):
 
 def model_normalisation(model):
     """(mean, std) per RGB channel of the model's "normalize" layer, as plain lists."""
-    layer = model.get_layer("normalize")  # a Rescaling: x * scale + offset
-    scale = np.asarray(layer.scale, np.float64).reshape(-1)
-    std = 1.0 / scale
-    mean = -np.asarray(layer.offset, np.float64).reshape(-1) * std
+    layer = model.get_layer("normalize")
+    mean, std = layer.mean, layer.std
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 

@@ -226,9 +226,10 @@ class PPLTrainer(keras.Model):
     # which fails for dict batches. This trainer builds everything itself (networks in
     # __init__, the optimizer in compile), so the symbolic build has nothing to do: skip it.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        layers_built = all(layer.built for layer in self._flatten_layers())
-        if layers_built and (self.optimizer is None or self.optimizer.built):
-            return
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            layers_built = all(layer.built for layer in self._flatten_layers())
+            if layers_built and (self.optimizer is None or self.optimizer.built):
+                return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # Second part of #20585: under MultiWorkerMirroredStrategy, Keras reduces the per-replica

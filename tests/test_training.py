@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ppl_tf.distribute import cpu_mirrored_strategy
 from ppl_tf.models import build_segmenter, ppl_stages
 from ppl_tf.training import PPLTrainer, ema_alpha, use_synchronized_batchnorm
 
@@ -260,7 +261,7 @@ def test_mirrored_step_equals_single_device_step():
     single.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
 
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = cpu_mirrored_strategy(devices)  # see ppl_tf.distribute on collectives
     with strategy.scope():
         mirrored = make_trainer(seed=5, tau=0.3)
     bn = [

@@ -2,7 +2,7 @@
 
 import keras
 
-from ppl_tf.layers import PPLStage, ResizeLike
+from ppl_tf.layers import Normalize, PPLStage, ResizeLike
 from ppl_tf.layers._validation import check_int
 from ppl_tf.models.backbones import build_backbone, normalisation
 from ppl_tf.models.deeplabv3_plus import encoder
@@ -58,11 +58,7 @@ def build_segmenter(
     mean, std = normalisation(backbone)
 
     images = keras.Input((None, None, 3), name="images")
-    # Rescaling, not Normalization: Normalization keeps its mean as an eager tensor that exported
-    # graphs capture as an extra input (tf2onnx then asks ONNX users to feed it).
-    offset = [-m / s for m, s in zip(mean, std, strict=True)]
-    scale = [1.0 / s for s in std]
-    x = keras.layers.Rescaling(scale=scale, offset=offset, name="normalize")(images)
+    x = Normalize(mean, std, name="normalize")(images)
     features = encoder(x, backbone_model, output_stride, channels, low_level_channels)
     for i in range(1, num_stages + 1):
         _, features = PPLStage(
