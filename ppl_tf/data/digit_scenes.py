@@ -12,6 +12,8 @@ the 1,797 images, so val measures generalisation to unseen handwriting.
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,7 +130,9 @@ def materialise(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbos
 
     The folder holds images/, masks/, classes.txt, palette.txt, splits/val.txt and stats.json
     (class pixel frequencies, pools, generation time). A folder written for the same config is
-    reused as it is.
+    reused as it is. The scenes are written into a private temporary folder that is renamed
+    into place at the end, so processes that materialise at the same time (the workers of a
+    multi-worker run) never read a half-written dataset.
     """
     from ppl_tf.data.classes import default_palette
 
@@ -141,6 +145,9 @@ def materialise(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbos
         if stats.get("config") == json.loads(json.dumps(asdict(config))):
             return root
     start = time.perf_counter()
+    final = root
+    root = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(root, ignore_errors=True)
     train_pool, val_pool, images, targets = digit_pools(config)
     rng = np.random.default_rng(config.seed + 1)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -174,7 +181,14 @@ def materialise(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbos
         },
         "generation_seconds": round(time.perf_counter() - start, 2),
     }
-    stats_file.write_text(json.dumps(stats, indent=1) + "\n")
+    (root / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    try:
+        os.rename(root, final)
+    except OSError:  # another process finished the same (deterministic) scenes first
+        shutil.rmtree(root, ignore_errors=True)
+        if not stats_file.is_file():
+            raise
+    root = final
     if verbose:
         print(
             f"digit scenes: wrote {config.num_train} train + {config.num_val} val scenes to {root} "
