@@ -100,13 +100,18 @@ def read_log(folder):
 
 def mean_std(values):
     if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+        return None, None, 0
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.mean(values), std, len(values)
 
 
-def fmt(pair):
-    mean, std = pair
-    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+def fmt(triple, seeds=None):
+    """"mean ± std" in %, with the run count when some seeds have not finished."""
+    mean, std, count = triple
+    if mean is None:
+        return "-"
+    partial = f" (n={count})" if seeds is not None and count < len(seeds) else ""
+    return f"{100 * mean:.2f} ± {100 * std:.2f}{partial}"
 
 
 def summarise(out, seeds):
@@ -140,14 +145,14 @@ def summarise(out, seeds):
     for name, full in (("sup_only", None), ("baseline", "full_baseline"), ("pull_only", None),
                        ("push_only", None), ("ppl", "full_ppl")):  # fmt: skip
         semi = t3[name]["mean_std"]
-        fully = t3[full]["mean_std"] if full else (None, None)
+        fully = t3[full]["mean_std"] if full else (None, None, 0)
         gap = "-"
         if full and semi[0] is not None and fully[0] is not None:
             gap = f"{100 * (fully[0] - semi[0]):.2f}"
         semi_s = t3[name]["student_mean_std"]
-        fully_s = t3[full]["student_mean_std"] if full else (None, None)
-        lines.append(f"| {name} | {fmt(semi)} | {fmt(fully)} | {gap} | {fmt(semi_s)} | "
-                     f"{fmt(fully_s)} |")  # fmt: skip
+        fully_s = t3[full]["student_mean_std"] if full else (None, None, 0)
+        lines.append(f"| {name} | {fmt(semi, seeds)} | {fmt(fully, seeds)} | {gap} | "
+                     f"{fmt(semi_s, seeds)} | {fmt(fully_s, seeds)} |")  # fmt: skip
     lines += ["", "Noise study (Appendix A), teacher mIoU (%), seed "
               f"{first}:", "", "| noise | baseline | PPL |", "| --- | --- | --- |"]  # fmt: skip
     for ratio in NOISE:
