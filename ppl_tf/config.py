@@ -171,5 +171,16 @@ def load_config(path=None, overrides=()):
         raise ConfigError(f"{where}: {error}") from None
 
 
+def dataset_source(config, verbose=False):
+    """The `SegmentationSource` a config names (digit scenes are materialised on first use)."""
+    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
+    from ppl_tf.data.sources import load_source
+
+    if config.dataset == "digits":
+        scenes = DigitSceneConfig(num_train=config.digits_train_scenes)
+        return load_source("custom", materialise(config.cache_dir, scenes, verbose=verbose))
+    return load_source(config.dataset, config.data_dir)
+
+
 def save_config(config, path):
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

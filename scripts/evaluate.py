@@ -83,21 +83,13 @@ def resolve(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from ppl_tf.config import ConfigError
+    from ppl_tf.config import ConfigError, dataset_source
     from ppl_tf.data import DataError, eval_dataset, read_split_list
     from ppl_tf.evaluation import evaluate, format_table
 
     try:
         predict, config, split_dir, description = resolve(args)
-        from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
-        from ppl_tf.data.sources import load_source
-
-        if config.dataset == "digits":
-            scenes = DigitSceneConfig(num_train=config.digits_train_scenes)
-            root = materialise(config.cache_dir, scenes, verbose=False)
-            source = load_source("custom", root)
-        else:
-            source = load_source(config.dataset, config.data_dir)
+        source = dataset_source(config)
         if split_dir is not None:
             val_ids = read_split_list(split_dir / "val.txt")
         elif source.val_ids:

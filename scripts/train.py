@@ -46,16 +46,10 @@ def fail(message, code=2):
 
 def load_data(config, out, write):
     """(source, splits) of the configured dataset; writes the split lists into the run."""
+    from ppl_tf.config import dataset_source
     from ppl_tf.data import Splits, make_splits, validate
-    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
-    from ppl_tf.data.sources import load_source
 
-    if config.dataset == "digits":
-        scenes = DigitSceneConfig(num_train=config.digits_train_scenes)
-        root = materialise(config.cache_dir, scenes, verbose=write)
-        source = load_source("custom", root)
-    else:
-        source = load_source(config.dataset, config.data_dir)
+    source = dataset_source(config, verbose=write)
     labeled = "1/1" if config.labeled == "all" else config.labeled
     splits = make_splits(
         source, labeled, seed=config.seed, split_dir=out / "splits" if write else None

@@ -30,10 +30,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from ppl_tf.config import ConfigError, load_config
+    from ppl_tf.config import ConfigError, dataset_source, load_config
     from ppl_tf.data import DataError, make_splits, validate
-    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
-    from ppl_tf.data.sources import load_source
     from ppl_tf.data.splits import write_splits
 
     args = parse_args(argv)
@@ -44,11 +42,7 @@ def main(argv=None):
         print(f"validate.py: {error}", file=sys.stderr)
         return 2
     try:
-        if config.dataset == "digits":
-            scenes = DigitSceneConfig(num_train=config.digits_train_scenes)
-            source = load_source("custom", materialise(config.cache_dir, scenes, verbose=False))
-        else:
-            source = load_source(config.dataset, config.data_dir)
+        source = dataset_source(config)
         labeled = "1/1" if config.labeled == "all" else config.labeled
         splits = make_splits(source, labeled, seed=config.seed)
         splits, report = validate(source, splits, full=args.full, skip_bad=args.skip_bad)
