@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-DATASETS = ("digits", "voc", "cityscapes", "custom")
+DATASETS = ("digits", "voc", "cityscapes", "cityscapes_tfds", "custom")
 STRATEGIES = ("auto", "one", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 
@@ -28,8 +28,10 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    dataset: str = "digits"  # digits | voc | cityscapes | custom
-    data_dir: str | None = None  # root of voc/cityscapes/custom data; digits: none
+    dataset: str = "digits"  # digits | voc | cityscapes | cityscapes_tfds | custom
+    # root of voc/cityscapes/custom data; cityscapes_tfds: the folder with the two zips
+    data_dir: str | None = None
+    tfds_data_dir: str | None = None  # cityscapes_tfds: prepared records (~/tensorflow_datasets)
     cache_dir: str = "data_cache"  # where digit scenes are written
     digits_train_scenes: int = 4000
     labeled: str = "1/16"  # a fraction, a count, "all", or a folder of split lists
@@ -179,7 +181,7 @@ def dataset_source(config, verbose=False):
     if config.dataset == "digits":
         scenes = DigitSceneConfig(num_train=config.digits_train_scenes)
         return load_source("custom", materialise(config.cache_dir, scenes, verbose=verbose))
-    return load_source(config.dataset, config.data_dir)
+    return load_source(config.dataset, config.data_dir, config.tfds_data_dir)
 
 
 def save_config(config, path):

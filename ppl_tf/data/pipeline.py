@@ -15,7 +15,6 @@ import tensorflow as tf
 
 from ppl_tf.data.augment import apply_cutmix, cutmix_boxes, strong_photometric, weak_geometry
 from ppl_tf.data.classes import IGNORE_LABEL
-from ppl_tf.data.decode import read_pair
 from ppl_tf.data.sources import Sample, SegmentationSource
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -34,27 +33,23 @@ def decoded_dataset(
 ) -> tf.data.Dataset:
     """(image uint8 (H, W, 3), mask uint8 (H, W)) per sample; masks of 255 where none exists.
 
-    Decoding runs `ppl_tf.data.decode.read_pair`, so a corrupt file, a mask of the wrong size or
-    an out-of-range label stops the pipeline with an error naming the file.
+    Decoding runs `SegmentationSource.read` (`ppl_tf.data.decode.read_pair` for files), so a
+    corrupt file, a mask of the wrong size or an out-of-range label stops the pipeline with an
+    error naming the file.
     """
-    images = [str(s.image) for s in samples]
-    masks = [str(s.mask) if s.mask is not None else "" for s in samples]
-    lookup = source.label_lookup
-    num_classes = source.num_classes
+    samples = list(samples)
 
-    def load(image_path, mask_path):
-        image_path = image_path.decode()
-        mask_path = mask_path.decode() or None
-        image, mask = read_pair(image_path, mask_path, num_classes, lookup, convert_images)
+    def load(index):
+        image, mask = source.read(samples[int(index)], convert_images)
         if mask is None:
             mask = np.full(image.shape[:2], IGNORE_LABEL, np.uint8)
         return image, mask
 
-    def tf_load(image_path, mask_path):
-        image, mask = tf.numpy_function(load, [image_path, mask_path], [tf.uint8, tf.uint8])
+    def tf_load(index):
+        image, mask = tf.numpy_function(load, [index], [tf.uint8, tf.uint8])
         return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(mask, [None, None])
 
-    ds = tf.data.Dataset.from_tensor_slices((images, masks))
+    ds = tf.data.Dataset.range(len(samples))
     return ds.map(tf_load, num_parallel_calls=AUTOTUNE)
 
 
@@ -130,7 +125,7 @@ def semi_supervised_dataset(
     """The trainer's infinite stream of dict batches (see the module docstring)."""
     labeled = source.resolve(labeled_ids, "labeled", need_masks=True)
     unlabeled = source.resolve(unlabeled_ids, "unlabeled")
-    has_masks = all(s.mask is not None for s in unlabeled)
+    has_masks = all(s.has_mask for s in unlabeled)
     lab = labeled_stream(source, labeled, labeled_batch_size, augment, seed, convert_images, cache)
     unl = unlabeled_stream(
         source, unlabeled, unlabeled_batch_size, augment, seed + 100, convert_images, cache

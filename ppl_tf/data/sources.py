@@ -24,16 +24,23 @@ from ppl_tf.data.classes import (
     cityscapes_lookup_table,
     default_palette,
 )
-from ppl_tf.data.decode import DataError
+from ppl_tf.data.decode import DataError, read_mask, read_pair
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One image: files on disk, or (`record`) an index into a prepared TFDS split."""
+
     id: str
-    image: Path
+    image: Path | None
     mask: Path | None
+    record: int | None = None
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask is not None or self.record is not None
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,24 @@ class SegmentationSource:
     train_ids: tuple[str, ...] = ()
     val_ids: tuple[str, ...] = ()
     label_lookup: tuple[int, ...] | None = field(default=None, repr=False)
+    records: object | None = field(default=None, repr=False)  # ppl_tf.data.tfds_cityscapes
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def read(self, sample: Sample, convert_images=False):
+        """(image uint8 (H, W, 3), mask uint8 (H, W) of class ids, or None); errors name it."""
+        if sample.record is not None:
+            return self.records.read(sample)
+        return read_pair(
+            sample.image, sample.mask, self.num_classes, self.label_lookup, convert_images
+        )
+
+    def read_mask(self, sample: Sample):
+        if sample.record is not None:
+            return self.records.read(sample)[1]
+        return read_mask(sample.mask, self.num_classes, self.label_lookup)
 
     def resolve(self, ids, split_name="list", need_masks=False) -> list[Sample]:
         """The samples of `ids`; a clear error for unknown ids or missing masks."""
@@ -67,7 +88,7 @@ class SegmentationSource:
             )
         samples = [self.samples[i] for i in ids]
         if need_masks:
-            missing = [s for s in samples if s.mask is None]
+            missing = [s for s in samples if not s.has_mask]
             if missing:
                 shown = ", ".join(s.id for s in missing[:5])
                 raise DataError(
@@ -202,9 +223,19 @@ def _read_palette(path, num_classes):
     return tuple(palette[:num_classes])
 
 
-def load_source(kind, root) -> SegmentationSource:
-    """`kind` is "voc", "cityscapes" or "custom"."""
+def load_source(kind, root, tfds_data_dir=None) -> SegmentationSource:
+    """`kind` is "voc", "cityscapes", "cityscapes_tfds" or "custom".
+
+    For "cityscapes_tfds" `root` is the manual download folder holding the Cityscapes zips and
+    `tfds_data_dir` where TFDS keeps the prepared dataset (default ~/tensorflow_datasets).
+    """
+    if kind == "cityscapes_tfds":
+        from ppl_tf.data.tfds_cityscapes import cityscapes_tfds_source
+
+        return cityscapes_tfds_source(root, tfds_data_dir)
     loaders = {"voc": voc_source, "cityscapes": cityscapes_source, "custom": custom_source}
     if kind not in loaders:
-        raise DataError(f"dataset kind must be one of {sorted(loaders)}; got {kind!r}")
+        raise DataError(
+            f"dataset kind must be one of {sorted([*loaders, 'cityscapes_tfds'])}; got {kind!r}"
+        )
     return loaders[kind](root)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppl_tf.data.decode import DataError, read_mask
+from ppl_tf.data.decode import DataError
 from ppl_tf.data.sources import IMAGE_SUFFIXES, SegmentationSource
 
 SPLIT_NAMES = ("labeled", "unlabeled", "val")
@@ -101,7 +101,7 @@ def class_presence(source: SegmentationSource, ids) -> dict[str, frozenset]:
     """For each id, the set of classes its mask contains (reads every mask)."""
     presence = {}
     for sample in source.resolve(ids, "train", need_masks=True):
-        mask = read_mask(sample.mask, source.num_classes, source.label_lookup)
+        mask = source.read_mask(sample)
         presence[sample.id] = frozenset(int(c) for c in np.unique(mask) if c < source.num_classes)
     return presence
 
@@ -169,7 +169,7 @@ def make_splits(
     chosen, rest = generate_partition(train_ids, count, seed, presence)
     # Images without masks are unlabeled data too.
     extra = tuple(
-        sorted(i for i, s in source.samples.items() if s.mask is None and i not in val_set)
+        sorted(i for i, s in source.samples.items() if not s.has_mask and i not in val_set)
     )
     splits = Splits(chosen, rest + extra, tuple(val_ids))
     splits.check_disjoint()

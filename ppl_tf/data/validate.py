@@ -15,7 +15,6 @@ from ppl_tf.data.decode import (
     check_image_mode,
     check_mask_mode,
     check_sizes,
-    read_pair,
 )
 from ppl_tf.data.sources import SegmentationSource
 from ppl_tf.data.splits import Splits
@@ -51,10 +50,10 @@ def _header(path):
 def check_sample(source, sample, full=False, convert_images=False):
     """Raises DataError for the first problem of one sample."""
     if full:
-        read_pair(
-            sample.image, sample.mask, source.num_classes, source.label_lookup, convert_images
-        )
+        source.read(sample, convert_images)
         return
+    if sample.record is not None:
+        return  # TFDS checked shapes and channels when it prepared the records
     size, mode = _header(sample.image)
     check_image_mode(sample.image, mode, convert_images)
     if sample.mask is not None:
