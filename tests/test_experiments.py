@@ -37,3 +37,24 @@ def test_quick_table3_runs_skips_when_restarted_and_summarises(tmp_path, capsys)
     experiments.main(argv)  # restarted: every run is skipped
     out = capsys.readouterr().out
     assert out.count("[skip]") == len(experiments.TABLE3) and "[run]" not in out
+
+
+def test_demo_budget_runs_use_the_demo_config_and_reach_the_summary(tmp_path):
+    experiments = load()
+    runs = dict(experiments.plan([3, 4], ["demo_budget"]))
+    assert list(runs) == [f"demo_budget/{n}_s3" for n in ("sup_only", "baseline", "ppl")]
+    for name, overrides in runs.items():
+        method = name.split("/")[1][: -len("_s3")]
+        # no budget override: the demo's 80 x 60 steps and 10 warm-up epochs apply
+        assert overrides == [*experiments.TABLE3[method], "seed=3"]
+    short = dict(experiments.plan([3], ["table3"]))["table3/ppl_s3"]
+    assert "epochs=20" in short and "warmup_epochs=4" in short
+    for k, name in enumerate(("sup_only", "baseline", "ppl")):
+        folder = tmp_path / "demo_budget" / f"{name}_s3"
+        folder.mkdir(parents=True)
+        metrics = {"teacher_miou": 0.1 + 0.1 * k, "student_miou": 0.15 + 0.1 * k}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    summary = experiments.summarise(tmp_path, [3])
+    assert summary["demo_budget"]["baseline"] == {"teacher_miou": 0.2, "student_miou": 0.25}
+    text = (tmp_path / "summary.md").read_text()
+    assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text

@@ -282,3 +282,31 @@ def test_mirrored_step_equals_single_device_step():
         if difference > worst:
             worst, worst_name = difference, b.path
     assert worst < 1e-5, (worst, worst_name)
+
+
+def test_mixed_bfloat16_step_keeps_float32_losses_and_weights():
+    batch = square_batch(9)
+    logs = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            trainer = make_trainer(seed=3, tau=0.0)
+            logs[policy] = trainer.train_step(batch)
+            logs[policy] = trainer.train_step(batch)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        if policy == "mixed_bfloat16":
+            assert trainer.student.compute_dtype == "bfloat16"
+            assert {w.dtype for w in trainer.student.weights} == {"float32"}
+            assert {w.dtype for w in trainer.teacher.weights} == {"float32"}
+            # the body computes in bfloat16; the final resize hands float32 logits to the losses
+            body = keras.Model(trainer.student.input,
+                               trainer.student.get_layer("upsample_logits").input[0])  # fmt: skip
+            assert body(batch["labeled_images"]).dtype == tf.bfloat16
+            assert trainer.student(batch["labeled_images"]).dtype == tf.float32
+    names = ("loss", "loss_labeled", "loss_unlabeled_ce", "loss_contrast")
+    for name in names:
+        value = logs["mixed_bfloat16"][name]
+        assert value.dtype == tf.float32 and np.isfinite(float(value)), name
+        # bfloat16 keeps 8 bits of mantissa: the same step agrees to a few percent
+        assert float(value) == pytest.approx(float(logs["float32"][name]), rel=0.05), name
