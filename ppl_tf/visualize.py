@@ -8,14 +8,15 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
+from ppl_tf import inference
+
 IGNORE_COLOR = (255, 255, 255)  # pixels without a label or below the pseudo-label threshold
 
 
 def colorize(labels, palette):
     """(H, W) ids with 255 = ignore -> (H, W, 3) uint8."""
-    palette = np.asarray(palette, np.uint8)
     labels = np.asarray(labels)
-    out = palette[np.clip(labels, 0, len(palette) - 1)]
+    out = inference.colorize(labels, palette)
     out[labels == 255] = IGNORE_COLOR
     return out
 

@@ -94,6 +94,8 @@ def build(config, source, strategy, total_steps, warmup_steps):
             noise_ratio=config.noise_ratio,
         )
         trainer.compile(optimizer=config.optimizer, base_lr=config.base_lr)
+    # Seeded twice on purpose: main() seeds the weight initialisation; this restarts the stream
+    # so that training's random draws do not depend on how many draws building the model took.
     keras.utils.set_random_seed(config.seed)
     return trainer
 
