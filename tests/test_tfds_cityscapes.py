@@ -6,6 +6,7 @@ that the source gives the same ids, images and train ids as the folder source on
 """
 
 import io
+import sys
 import zipfile
 
 import numpy as np
@@ -155,3 +156,10 @@ def test_a_corrupt_zip_is_a_data_error(tmp_path):
         (manual / name).write_bytes(b"this is not a zip archive")
     with pytest.raises(DataError, match="TFDS could not prepare cityscapes/semantic_segmentation"):
         load_source("cityscapes_tfds", manual, tfds_data_dir=tmp_path / "tfds")
+
+
+def test_without_tensorflow_datasets_the_error_says_how_to_install(tmp_path, monkeypatch):
+    write_zips(tmp_path / "manual")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+    with pytest.raises(DataError, match=r'needs tensorflow-datasets: pip install -e "\.\[tfds\]"'):
+        load_source("cityscapes_tfds", tmp_path / "manual", tfds_data_dir=tmp_path / "tfds")
