@@ -3,7 +3,9 @@
     python benchmarks/train_step.py                  # tiny 64x64 8+8, R50 256x256 2+2
     python benchmarks/train_step.py --configs tiny:64:8 --steps 5     # seconds
 
-Each config is backbone:crop:batch (labeled and unlabeled images per step each). The trainer
+Each config is backbone:crop:batch[:output_stride[:precision]] (batch = labeled and unlabeled
+images per step each; output stride 16 and float32 unless given; the demo is tiny:64:8:8). The
+defaults add mixed_bfloat16 rows: this CPU has AMX-BF16, which oneDNN uses. The trainer
 runs `fit` on a synthetic batch stream after the warm-up phase (every loss term on), and a
 callback times each step; the median of `--steps` steps after `--warmup` untimed ones is
 reported with images/s (labeled + unlabeled) and PPL's overhead over the baseline. Writes
@@ -51,37 +53,56 @@ def synthetic_batches(crop, batch, num_classes, seed=0):
     return tf.data.Dataset.from_tensors(element).repeat()
 
 
-def time_config(backbone, crop, batch, num_stages, steps, warmup, num_classes=21):
+def time_config(backbone, crop, batch, num_stages, steps, warmup, output_stride=16,
+                precision="float32", num_classes=21):  # fmt: skip
     from ppl_tf.models import build_segmenter
     from ppl_tf.training import PPLTrainer
 
     keras.utils.set_random_seed(0)
-    student = build_segmenter(num_classes, backbone, num_stages=num_stages, backbone_weights=None)
-    trainer = PPLTrainer(student, total_steps=1000, warmup_steps=0, tau=0.0)
-    trainer.compile(base_lr=0.001)
-    timer = StepTimer()
-    trainer.fit(synthetic_batches(crop, batch, num_classes), steps_per_epoch=steps + warmup,
-                epochs=1, verbose=0, callbacks=[timer])  # fmt: skip
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        student = build_segmenter(num_classes, backbone, num_stages=num_stages,
+                                  output_stride=output_stride, backbone_weights=None)  # fmt: skip
+        trainer = PPLTrainer(student, total_steps=1000, warmup_steps=0, tau=0.0)
+        trainer.compile(base_lr=0.001)
+        timer = StepTimer()
+        trainer.fit(synthetic_batches(crop, batch, num_classes), steps_per_epoch=steps + warmup,
+                    epochs=1, verbose=0, callbacks=[timer])  # fmt: skip
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     times = timer.times[warmup:]
     return statistics.median(times), min(times), max(times)
 
 
+def parse_spec(spec):
+    parts = spec.split(":")
+    if not 3 <= len(parts) <= 5:
+        raise SystemExit(f"--configs: {spec!r} is not backbone:crop:batch[:os[:precision]]")
+    backbone, crop, batch = parts[0], int(parts[1]), int(parts[2])
+    output_stride = int(parts[3]) if len(parts) > 3 else 16
+    precision = parts[4] if len(parts) > 4 else "float32"
+    return backbone, crop, batch, output_stride, precision
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["tiny:64:8", "resnet50:256:2"])
+    parser.add_argument("--configs", nargs="+",
+                        default=["tiny:64:8:8", "tiny:64:8:8:mixed_bfloat16", "resnet50:256:2",
+                                 "resnet50:256:2:16:mixed_bfloat16"])  # fmt: skip
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     rows = []
     for spec in args.configs:
-        backbone, crop, batch = spec.split(":")
-        crop, batch = int(crop), int(batch)
+        backbone, crop, batch, output_stride, precision = parse_spec(spec)
         medians = {}
         for n in (0, 2):
-            median, low, high = time_config(backbone, crop, batch, n, args.steps, args.warmup)
+            median, low, high = time_config(backbone, crop, batch, n, args.steps, args.warmup,
+                                            output_stride, precision)  # fmt: skip
             medians[n] = median
             row = {"backbone": backbone, "crop": crop, "batch": f"{batch}+{batch}",
+                   "output_stride": output_stride, "precision": precision,
                    "num_stages": n, "median_s": round(median, 4), "min_s": round(low, 4),
                    "max_s": round(high, 4),
                    "images_per_s": round(2 * batch / median, 2)}  # fmt: skip
@@ -93,12 +114,14 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_step.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     lines = [
-        "| backbone | crop | batch | PPL stages | median step (s) | images/s | PPL overhead |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| backbone | crop | batch | OS | precision | PPL stages | median step (s) | images/s "
+        "| PPL overhead |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         overhead = f"{r['overhead_pct']:+.1f}%" if "overhead_pct" in r else "-"
-        lines.append(f"| {r['backbone']} | {r['crop']} | {r['batch']} | {r['num_stages']} | "
+        lines.append(f"| {r['backbone']} | {r['crop']} | {r['batch']} | {r['output_stride']} | "
+                     f"{r['precision']} | {r['num_stages']} | "
                      f"{r['median_s']:.3f} | {r['images_per_s']:.1f} | {overhead} |")  # fmt: skip
     (out / "train_step.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import keras
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +32,13 @@ def test_cost_counts_parameters_and_multiply_adds(tmp_path):
 
 @pytest.mark.slow
 def test_train_step_benchmark_quick_mode(tmp_path):
-    rows = load("train_step").main(["--configs", "tiny:32:2", "--steps", "2", "--warmup", "1",
-                                    "--out", str(tmp_path)])  # fmt: skip
-    assert [r["num_stages"] for r in rows] == [0, 2]
+    argv = ["--configs", "tiny:32:2", "tiny:32:2:8:mixed_bfloat16", "--steps", "2",
+            "--warmup", "1", "--out", str(tmp_path)]  # fmt: skip
+    rows = load("train_step").main(argv)
+    assert [r["num_stages"] for r in rows] == [0, 2, 0, 2]
+    assert [(r["output_stride"], r["precision"]) for r in rows[1:3]] == [
+        (16, "float32"), (8, "mixed_bfloat16")]  # fmt: skip
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
     assert all(r["median_s"] > 0 and r["images_per_s"] > 0 for r in rows)
     assert "overhead_pct" in rows[1]
     assert "PPL overhead" in (tmp_path / "train_step.md").read_text()
