@@ -26,8 +26,12 @@ import argparse
 import csv
 import importlib.util
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,21 +85,64 @@ def plan(seeds, parts, budget=BUDGET, long_budget=DEMO_BUDGET):
     return runs
 
 
-def run_all(runs, out, cache_dir):
-    train = load_train()
+def pending(runs, out):
+    todo = []
     for name, overrides in runs:
-        folder = out / name
-        if (folder / "metrics.json").is_file():
+        if (out / name / "metrics.json").is_file():
             print(f"[skip] {name}: finished before")
-            continue
-        argv = list(overrides)
-        argv += [f"out={folder}", "export=false", "images_to_log=0", f"cache_dir={cache_dir}"]
+        else:
+            todo.append((name, overrides))
+    return todo
+
+
+def train_argv(name, overrides, out, cache_dir):
+    extra = [f"out={out / name}", "export=false", "images_to_log=0", f"cache_dir={cache_dir}"]
+    return [*overrides, *extra]
+
+
+def run_all(runs, out, cache_dir, jobs=1):
+    """Runs what has not finished; with jobs > 1, that many train.py processes at a time, each
+    with cores / jobs TensorFlow threads (small models use two cores poorly)."""
+    todo = pending(runs, out)
+    if jobs > 1:
+        run_parallel(todo, out, cache_dir, jobs)
+        return
+    train = load_train()
+    for name, overrides in todo:
         print(f"[run] {name}: {' '.join(overrides)}", flush=True)
         start = time.perf_counter()
-        code = train.main(argv)
+        code = train.main(train_argv(name, overrides, out, cache_dir))
         if code != 0:
             raise SystemExit(f"experiments: run {name} failed with exit code {code}")
         print(f"[done] {name} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def run_parallel(todo, out, cache_dir, jobs):
+    threads = str(max(1, (os.cpu_count() or jobs) // jobs))
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
+           "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
+    # Processes that start together may each write the digit scenes; materialise() renames a
+    # finished folder into place, so they cannot see each other's half-written files.
+
+    def one(item):
+        name, overrides = item
+        log = out / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[run] {name}: {' '.join(overrides)} (log {log})", flush=True)
+        start = time.perf_counter()
+        argv = [sys.executable, str(ROOT / "scripts" / "train.py"),
+                *train_argv(name, overrides, out, cache_dir)]  # fmt: skip
+        with open(log, "w") as handle:
+            code = subprocess.run(argv, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            return f"run {name} failed with exit code {code}; see {log}"
+        print(f"[done] {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        return None
+
+    with ThreadPoolExecutor(jobs) as pool:
+        failures = [f for f in pool.map(one, todo) if f]
+    if failures:
+        raise SystemExit("experiments: " + "; ".join(failures))
 
 
 def read_metrics(folder):
@@ -219,6 +266,8 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", choices=PARTS, default=["table3", "noise", "fig4"],
                         help="parts to run; demo_budget is not in the default set")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny budget and one seed")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each in its own process (default 1, in this one)")
     parser.add_argument("--cache-dir", default=str(ROOT / "data_cache"))
     args = parser.parse_args(argv)
     budget, long_budget, seeds = BUDGET, DEMO_BUDGET, args.seeds
@@ -231,7 +280,9 @@ def main(argv=None):
         budgets["demo_budget"] = long_budget or "configs/demo.yaml as it is"
     (out / "budget.json").write_text(json.dumps(budgets) + "\n")
     start = time.perf_counter()
-    run_all(plan(seeds, args.only, budget, long_budget), out, args.cache_dir)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    run_all(plan(seeds, args.only, budget, long_budget), out, args.cache_dir, args.jobs)
     summary = summarise(out, seeds)
     print(f"experiments: {time.perf_counter() - start:.0f} s")
     return summary

@@ -58,3 +58,22 @@ def test_demo_budget_runs_use_the_demo_config_and_reach_the_summary(tmp_path):
     assert summary["demo_budget"]["baseline"] == {"teacher_miou": 0.2, "student_miou": 0.25}
     text = (tmp_path / "summary.md").read_text()
     assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text
+
+
+@pytest.mark.slow
+def test_parallel_jobs_run_in_processes_and_reach_the_summary(tmp_path, capsys):
+    experiments = load()
+    argv = ["--quick", "--only", "demo_budget", "--jobs", "2", "--out", str(tmp_path / "x"),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    summary = experiments.main(argv)
+    out = capsys.readouterr().out
+    assert out.count("[done]") == 3
+    for name in experiments.DEMO_BUDGET_RUNS:
+        folder = tmp_path / "x" / "demo_budget" / f"{name}_s0"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert summary["demo_budget"][name]["teacher_miou"] == metrics["teacher_miou"]
+        assert metrics["steps"] == 4  # the quick budget: 2 epochs x 2 steps
+        log = (tmp_path / "x" / "demo_budget" / f"{name}_s0.log").read_text()
+        assert "teacher mIoU" in log
+    experiments.main(argv)
+    assert capsys.readouterr().out.count("[skip]") == 3
