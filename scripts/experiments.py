@@ -1,13 +1,17 @@
 """The paper's ablations on the digit scenes: Table 3, the Appendix-A noise study and Fig. 4.
 
-    python scripts/experiments.py                  # the whole set (BUDGET; ~90 min on 2 cores)
+    python scripts/experiments.py                  # the whole set: 62 min on 2 cores (measured)
     python scripts/experiments.py --quick              # seconds: tiny budget, one seed, smoke test
     python scripts/experiments.py --only table3        # one part
+    python scripts/experiments.py --only demo_budget   # the 4,800-step comparison (~25 min)
 
-Every run is `scripts/train.py` (its `main()`, in this process) on the demo config with one fixed
-budget and a few overrides; a run whose `metrics.json` exists is skipped, so an interrupted set
-restarts where it stopped. Results go to `--out` (default results/experiments/): one folder per
-run, `summary.json`, `summary.md` (the tables that go into the README) and `fig4.png`.
+Every run is `scripts/train.py` on the demo config with one fixed budget and a few overrides:
+`--jobs 2` (default) runs two train.py processes at a time with one TensorFlow thread each (on
+2 cores the set took 62 min so, against about 90 min one run at a time with two threads);
+`--jobs 1` runs them one after another in this process. A run whose `metrics.json` exists is
+skipped, so an interrupted set restarts where it stopped. Results go to `--out` (default
+results/experiments/): one folder per run, `summary.json`, `summary.md` (the tables that go into
+the README), `fig4.png` and `experiments.log` (what this script said, with times).
 
 Runs (1/16 labels unless "full"):
 - Table 3: supervised only; mean-teacher baseline (n = 0); + pull only (n = 2, no Eq. 1);
@@ -16,10 +20,10 @@ Runs (1/16 labels unless "full"):
 - Noise study (Appendix A): pseudo-labels = ground truth with 0/10/20/40% of pixels replaced by
   the teacher's 2nd or 3rd class, baseline vs PPL, first seed.
 - Fig. 4: pseudo-label mIoU and recall per epoch for the baseline, one stage and two stages.
-- `--only demo_budget` (not in the default set; about 35 min more): supervised only, baseline and
+- `--only demo_budget` (not in the default set; about 25 min more): supervised only, baseline and
   PPL at the demo's own budget (80 x 60 steps, 10 warm-up epochs), first seed. At BUDGET the
   teacher still predicts background only when the warm-up ends; this part shows the same
-  comparison once the teacher has learned the digits.
+  comparison once the teacher has learned the digits (and `fig4_demo_budget.png`).
 """
 
 import argparse
@@ -46,12 +50,23 @@ TABLE3 = {
     "full_ppl": ["labeled=all", "num_stages=2"],
 }
 NOISE = (0.0, 0.1, 0.2, 0.4)
-DEMO_BUDGET_RUNS = ("sup_only", "baseline", "ppl")
+DEMO_BUDGET_RUNS = ("ppl", "baseline", "sup_only")  # longest first, for --jobs
 PARTS = ("table3", "noise", "fig4", "demo_budget")
 BUDGET = {"epochs": 20, "steps_per_epoch": 60, "warmup_epochs": 4}
 DEMO_BUDGET = {}  # configs/demo.yaml as it is: 80 epochs x 60 steps, 10 warm-up epochs
 QUICK = {"epochs": 2, "steps_per_epoch": 2, "warmup_epochs": 1, "batch_size": 2,
          "digits_train_scenes": 48}  # fmt: skip
+
+
+LOG = []  # [Path]: where say() appends (out/experiments.log), set by main()
+
+
+def say(message):
+    """Prints and appends to out/experiments.log: the run times stay with the results."""
+    print(message, flush=True)
+    if LOG:
+        with open(LOG[0], "a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
 def load_train():
@@ -89,7 +104,7 @@ def pending(runs, out):
     todo = []
     for name, overrides in runs:
         if (out / name / "metrics.json").is_file():
-            print(f"[skip] {name}: finished before")
+            say(f"[skip] {name}: finished before")
         else:
             todo.append((name, overrides))
     return todo
@@ -106,15 +121,16 @@ def run_all(runs, out, cache_dir, jobs=1):
     todo = pending(runs, out)
     if jobs > 1:
         run_parallel(todo, out, cache_dir, jobs)
-        return
+        return len(todo)
     train = load_train()
     for name, overrides in todo:
-        print(f"[run] {name}: {' '.join(overrides)}", flush=True)
+        say(f"[run] {name}: {' '.join(overrides)}")
         start = time.perf_counter()
         code = train.main(train_argv(name, overrides, out, cache_dir))
         if code != 0:
             raise SystemExit(f"experiments: run {name} failed with exit code {code}")
-        print(f"[done] {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        say(f"[done] {name} in {time.perf_counter() - start:.0f} s")
+    return len(todo)
 
 
 def run_parallel(todo, out, cache_dir, jobs):
@@ -128,7 +144,7 @@ def run_parallel(todo, out, cache_dir, jobs):
         name, overrides = item
         log = out / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[run] {name}: {' '.join(overrides)} (log {log})", flush=True)
+        say(f"[run] {name}: {' '.join(overrides)} (log {log.relative_to(out)})")
         start = time.perf_counter()
         argv = [sys.executable, str(ROOT / "scripts" / "train.py"),
                 *train_argv(name, overrides, out, cache_dir)]  # fmt: skip
@@ -136,7 +152,7 @@ def run_parallel(todo, out, cache_dir, jobs):
             code = subprocess.run(argv, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
         if code != 0:
             return f"run {name} failed with exit code {code}; see {log}"
-        print(f"[done] {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        say(f"[done] {name} in {time.perf_counter() - start:.0f} s")
         return None
 
     with ThreadPoolExecutor(jobs) as pool:
@@ -192,11 +208,16 @@ def summarise(out, seeds):
     for name in DEMO_BUDGET_RUNS:
         m = read_metrics(out / "demo_budget" / f"{name}_s{first}")
         summary["demo_budget"][name] = m and {k: m[k] for k in ("teacher_miou", "student_miou")}
-    for label, folder in (("baseline", out / "table3" / f"baseline_s{first}"),
-                          ("one stage", out / "fig4" / f"one_stage_s{first}"),
-                          ("two stages", out / "table3" / f"ppl_s{first}")):  # fmt: skip
+    summary["fig4_demo_budget"] = {}
+    for key, label, folder in (
+        ("fig4", "baseline", out / "table3" / f"baseline_s{first}"),
+        ("fig4", "one stage", out / "fig4" / f"one_stage_s{first}"),
+        ("fig4", "two stages", out / "table3" / f"ppl_s{first}"),
+        ("fig4_demo_budget", "baseline", out / "demo_budget" / f"baseline_s{first}"),
+        ("fig4_demo_budget", "two stages", out / "demo_budget" / f"ppl_s{first}"),
+    ):
         rows = read_log(folder)
-        summary["fig4"][label] = {
+        summary[key][label] = {
             "pseudo_miou": [float(r["pseudo_miou"]) for r in rows if "pseudo_miou" in r],
             "pseudo_recall": [float(r["pseudo_recall"]) for r in rows if "pseudo_recall" in r],
         }
@@ -234,6 +255,8 @@ def summarise(out, seeds):
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     plot_fig4(summary["fig4"], out / "fig4.png")
+    if any(c["pseudo_miou"] for c in summary["fig4_demo_budget"].values()):
+        plot_fig4(summary["fig4_demo_budget"], out / "fig4_demo_budget.png")
     print("\n".join(lines))
     return summary
 
@@ -266,8 +289,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", choices=PARTS, default=["table3", "noise", "fig4"],
                         help="parts to run; demo_budget is not in the default set")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny budget and one seed")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time, each in its own process (default 1, in this one)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs at a time, each in its own process with cores/jobs threads; "
+                             "1 = one after another in this process")  # fmt: skip
     parser.add_argument("--cache-dir", default=str(ROOT / "data_cache"))
     args = parser.parse_args(argv)
     budget, long_budget, seeds = BUDGET, DEMO_BUDGET, args.seeds
@@ -279,12 +303,14 @@ def main(argv=None):
     if "demo_budget" in args.only:
         budgets["demo_budget"] = long_budget or "configs/demo.yaml as it is"
     (out / "budget.json").write_text(json.dumps(budgets) + "\n")
-    start = time.perf_counter()
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    run_all(plan(seeds, args.only, budget, long_budget), out, args.cache_dir, args.jobs)
+    LOG[:] = [out / "experiments.log"]
+    start = time.perf_counter()
+    say(f"experiments: {' '.join(args.only)}, seeds {seeds}, --jobs {args.jobs}")
+    ran = run_all(plan(seeds, args.only, budget, long_budget), out, args.cache_dir, args.jobs)
     summary = summarise(out, seeds)
-    print(f"experiments: {time.perf_counter() - start:.0f} s")
+    say(f"experiments: {time.perf_counter() - start:.0f} s, {ran} runs (others finished before)")
     return summary
 
 

@@ -21,7 +21,7 @@ def load():
 @pytest.mark.slow
 def test_quick_table3_runs_skips_when_restarted_and_summarises(tmp_path, capsys):
     experiments = load()
-    argv = ["--quick", "--only", "table3", "--out", str(tmp_path / "x"),
+    argv = ["--quick", "--only", "table3", "--jobs", "1", "--out", str(tmp_path / "x"),
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     summary = experiments.main(argv)
     runs = sorted(p.parent.name for p in (tmp_path / "x").rglob("metrics.json"))
@@ -42,7 +42,7 @@ def test_quick_table3_runs_skips_when_restarted_and_summarises(tmp_path, capsys)
 def test_demo_budget_runs_use_the_demo_config_and_reach_the_summary(tmp_path):
     experiments = load()
     runs = dict(experiments.plan([3, 4], ["demo_budget"]))
-    assert list(runs) == [f"demo_budget/{n}_s3" for n in ("sup_only", "baseline", "ppl")]
+    assert list(runs) == [f"demo_budget/{n}_s3" for n in ("ppl", "baseline", "sup_only")]
     for name, overrides in runs.items():
         method = name.split("/")[1][: -len("_s3")]
         # no budget override: the demo's 80 x 60 steps and 10 warm-up epochs apply
@@ -77,3 +77,6 @@ def test_parallel_jobs_run_in_processes_and_reach_the_summary(tmp_path, capsys):
         assert "teacher mIoU" in log
     experiments.main(argv)
     assert capsys.readouterr().out.count("[skip]") == 3
+    log = (tmp_path / "x" / "experiments.log").read_text()  # what main() said, kept beside
+    assert log.count("[done]") == 3 and log.count("[skip]") == 3
+    assert "--jobs 2" in log and "3 runs" in log and "0 runs" in log

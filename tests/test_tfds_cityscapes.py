@@ -163,3 +163,17 @@ def test_without_tensorflow_datasets_the_error_says_how_to_install(tmp_path, mon
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
     with pytest.raises(DataError, match=r'needs tensorflow-datasets: pip install -e "\.\[tfds\]"'):
         load_source("cityscapes_tfds", tmp_path / "manual", tfds_data_dir=tmp_path / "tfds")
+
+
+@pytest.mark.slow
+def test_records_prepared_as_tfrecord_get_a_clear_error(prepared, tmp_path):
+    import tensorflow_datasets as tfds
+
+    root, _ = prepared
+    builder = tfds.builder(
+        "cityscapes/semantic_segmentation", data_dir=str(tmp_path / "tfds"), file_format="tfrecord"
+    )
+    config = tfds.download.DownloadConfig(manual_dir=str(root / "manual"))
+    builder.download_and_prepare(download_config=config)
+    with pytest.raises(DataError, match="must be ArrayRecord .random access.: point tfds_data_dir"):
+        load_source("cityscapes_tfds", root / "manual", tfds_data_dir=tmp_path / "tfds")

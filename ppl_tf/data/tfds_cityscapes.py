@@ -57,7 +57,14 @@ def prepare(manual_dir, tfds_data_dir=None):
     kwargs = {"file_format": "array_record"}
     if tfds_data_dir is not None:
         kwargs["data_dir"] = str(tfds_data_dir)
-    builder = tfds.builder(BUILDER, **kwargs)
+    try:
+        builder = tfds.builder(BUILDER, **kwargs)
+    except ValueError as error:  # e.g. prepared earlier as TFRecord, which has no random access
+        raise DataError(
+            f"{BUILDER} in {tfds_data_dir or 'the default TFDS data dir'}: {error}. The records "
+            "must be ArrayRecord (random access): point tfds_data_dir at a new folder to prepare "
+            "them again"
+        ) from error
     if builder.is_prepared():
         return builder
     if missing:
@@ -84,19 +91,27 @@ class CityscapesRecords:
         skip = tfds.decode.SkipDecoding()
         self.where = f"{BUILDER} in {builder.data_dir}"
         self.lookup = np.asarray(cityscapes_lookup_table(), np.uint8)
-        self.splits = {
-            split: builder.as_data_source(
-                _TFDS_SPLIT[split], decoders={"image_left": skip, "segmentation_label": skip}
-            )
-            for split in SPLITS
-        }
+        decoders = {"image_left": skip, "segmentation_label": skip}
+        try:
+            self.splits = {
+                split: builder.as_data_source(_TFDS_SPLIT[split], decoders=decoders)
+                for split in SPLITS
+            }
+        except Exception as error:
+            raise DataError(
+                f"{self.where}: cannot open the prepared records for random access "
+                f"({type(error).__name__}: {error}); point tfds_data_dir at a new folder to "
+                "prepare them again as ArrayRecord"
+            ) from error
         self.index = self._load_index(Path(builder.data_dir))
 
     def _load_index(self, folder):
         """{split: {image id: record index}}; read once from the records, then from a file."""
         path = folder / INDEX_FILE
         if path.is_file():
-            return json.loads(path.read_text())
+            index = json.loads(path.read_text())
+            if all(len(index.get(s, ())) == len(r) for s, r in self.splits.items()):
+                return index
         index = {}
         for split, records in self.splits.items():
             ids = {}
