@@ -19,3 +19,15 @@ def keras_round_trip(model, tmp_path, name="model.keras"):
     path = tmp_path / name
     model.save(path)
     return keras.models.load_model(path)
+
+
+def load_repo_script(relative_path):
+    """A script of the repository (scripts/, benchmarks/) imported as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,16 @@
 """scripts/experiments.py in quick mode: runs, skips finished runs, summary agrees with runs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import load_repo_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load():
-    spec = importlib.util.spec_from_file_location(
-        "experiments", ROOT / "scripts" / "experiments.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script("scripts/experiments.py")
 
 
 @pytest.mark.slow

@@ -1,21 +1,17 @@
 """The committed experiment results: summary.md is what experiments.py computes from the run
 folders, and the README carries its tables row for row."""
 
-import importlib.util
 import shutil
 from pathlib import Path
+
+from helpers import load_repo_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "experiments"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location(
-        "experiments_check", ROOT / "scripts" / "experiments.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script("scripts/experiments.py")
 
 
 def test_summary_is_recomputed_from_the_run_folders(tmp_path):

@@ -5,6 +5,7 @@ as palette indices, never as colours). `convert_images=True` accepts grayscale, 
 images and converts them to 8-bit RGB instead of refusing them.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,14 @@ class DataError(ValueError):
     """A data file or list that cannot be used; the message names the file and the problem."""
 
 
-def _open(path):
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+def open_image(path, data=None):
+    """The decoded image of the file `path`, or of the encoded bytes `data` that `path` names."""
+    if data is None:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
     try:
-        image = Image.open(path)
+        image = Image.open(path if data is None else io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{path}: cannot decode the image ({error})") from None
@@ -69,7 +72,7 @@ def check_sizes(image_path, image_wh, mask_path, mask_wh):
 
 def read_image(path, convert_images=False):
     """Returns an (H, W, 3) uint8 RGB array."""
-    image = _open(path)
+    image = open_image(path)
     if image.mode == "RGB":
         return np.asarray(image, dtype=np.uint8)
     check_image_mode(path, image.mode, convert_images)
@@ -86,7 +89,7 @@ def read_mask(path, num_classes, lookup=None):
 
     `lookup` (256 entries) maps stored ids to class ids first (Cityscapes label ids).
     """
-    image = _open(path)
+    image = open_image(path)
     check_mask_mode(path, image.mode)
     mask = np.asarray(image, dtype=np.uint8)  # a palette PNG gives its indices
     if lookup is not None:

@@ -72,7 +72,7 @@ class SegmentationSource:
 
     def read_mask(self, sample: Sample):
         if sample.record is not None:
-            return self.records.read(sample)[1]
+            return self.records.read_mask(sample)
         return read_mask(sample.mask, self.num_classes, self.label_lookup)
 
     def resolve(self, ids, split_name="list", need_masks=False) -> list[Sample]:

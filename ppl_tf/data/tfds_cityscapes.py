@@ -13,20 +13,18 @@ Only the train and val splits are used (the test masks are not public).
 Needs the `tfds` extra: `pip install -e ".[tfds]"`.
 """
 
-import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ppl_tf.data.classes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
     cityscapes_lookup_table,
 )
-from ppl_tf.data.decode import DataError, check_labels
+from ppl_tf.data.decode import DataError, check_labels, open_image
 from ppl_tf.data.sources import Sample, SegmentationSource
 
 BUILDER = "cityscapes/semantic_segmentation"
@@ -124,25 +122,30 @@ class CityscapesRecords:
         tmp.replace(path)
         return index
 
-    def _decode(self, data, what, mode):
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise DataError(f"{self.where}: {what}: cannot decode the PNG ({error})") from None
+    def _decode(self, record, key, what, mode):
+        image = open_image(f"{self.where}: {what}", record[key])
         if image.mode != mode:
             raise DataError(f"{self.where}: {what}: expected mode {mode}, found {image.mode}")
         return np.asarray(image, np.uint8)
 
-    def read(self, sample: Sample):
-        split = sample.id.split("/", 1)[0]
-        record = self.splits[split][sample.record]
-        image = self._decode(record["image_left"], f"{sample.id} image", "RGB")
-        label = self._decode(record["segmentation_label"], f"{sample.id} label", "L")
+    def _record(self, sample: Sample):
+        return self.splits[sample.id.split("/", 1)[0]][sample.record]
+
+    def _mask(self, sample, record):
+        label = self._decode(record, "segmentation_label", f"{sample.id} label", "L")
         mask = self.lookup[label]
+        check_labels(mask, len(CITYSCAPES_CLASSES), f"{self.where}: {sample.id}")
+        return mask
+
+    def read_mask(self, sample: Sample):
+        return self._mask(sample, self._record(sample))
+
+    def read(self, sample: Sample):
+        record = self._record(sample)
+        image = self._decode(record, "image_left", f"{sample.id} image", "RGB")
+        mask = self._mask(sample, record)
         if mask.shape != image.shape[:2]:
             raise DataError(f"{self.where}: {sample.id}: label and image sizes differ")
-        check_labels(mask, len(CITYSCAPES_CLASSES), f"{self.where}: {sample.id}")
         return image, mask
 
 
