@@ -16,6 +16,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import ppl_tf  # noqa: E402, F401  (TensorFlow's CPU settings, before it loads)
+
+# isort: split
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -19,6 +19,7 @@ import yaml
 DATASETS = ("digits", "voc", "cityscapes", "cityscapes_tfds", "custom")
 STRATEGIES = ("auto", "one", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+DIGIT_LAYOUTS = ("standard", "crowded")
 
 
 class ConfigError(ValueError):
@@ -34,15 +35,23 @@ class TrainConfig:
     tfds_data_dir: str | None = None  # cityscapes_tfds: prepared records (~/tensorflow_datasets)
     cache_dir: str = "data_cache"  # where digit scenes are written
     digits_train_scenes: int = 4000
+    # standard: 64x64 scenes, 2-4 digits of 20-28 px; crowded: 128x128 scenes, 4-8 digits of
+    # 12-20 px, more background (the held-out check of the demo's settings)
+    digits_layout: str = "standard"
+    digits_luma_contrast: float = 60.0  # least luminance step between a digit and its ground
     labeled: str = "1/16"  # a fraction, a count, "all", or a folder of split lists
     crop_size: int = 64
     scale_min: float = 0.8
     scale_max: float = 1.25
     cutmix: bool = False
+    # strong view's Gaussian blur sigma in pixels; null: 0.1-2.0 at a 512-px crop, scaled with
+    # crop_size (the paper's torchvision setting relative to the content)
+    blur_sigma: list[float] | None = None
     # model
     backbone: str = "tiny"  # tiny | resnet50 | resnet101
     backbone_weights: str | None = None  # imagenet | None | a weights file
     output_stride: int = 16
+    aspp_rates: list[int] | None = None  # default: (6, 12, 18) at OS 16, (12, 24, 36) at OS 8
     num_stages: int = 2
     memory_length: int = 10
     use_attention: bool = True  # pulling
@@ -54,12 +63,16 @@ class TrainConfig:
     gamma: float = 32.0
     margin: float = 0.25
     ohem: bool = False
+    # true: labeled images and strong views share the student's BatchNorm batch (see PPLTrainer)
+    joint_batchnorm: bool = False
+    ema_alpha_start: float = 0.99  # the teacher's EMA rate rises from start to end (cosine)
+    ema_alpha_end: float = 1.0
     noise_ratio: float | None = None  # Appendix A: pseudo-labels from noisy ground truth
     # optimisation
     optimizer: str = "sgd"  # sgd (paper) | adamw
     base_lr: float = 0.01
     backbone_lr_multiplier: float = 0.1
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # sgd: L2 in the gradient (the paper's); adamw: decoupled
     batch_size: int = 8  # global, labeled images per step (as many unlabeled)
     epochs: int = 80
     steps_per_epoch: int | None = None  # default: labeled+unlabeled train set / batch size
@@ -86,6 +99,7 @@ class TrainConfig:
             "backbone": ("tiny", "resnet50", "resnet101"),
             "optimizer": ("sgd", "adamw"),
             "output_stride": (8, 16),
+            "digits_layout": DIGIT_LAYOUTS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -101,6 +115,32 @@ class TrainConfig:
             raise ConfigError(f"warmup_epochs: must be in [0, epochs], got {self.warmup_epochs}")
         if self.dataset != "digits" and not self.data_dir:
             raise ConfigError(f"data_dir: required for dataset {self.dataset!r}")
+        if not 0 <= self.ema_alpha_start <= self.ema_alpha_end <= 1:
+            raise ConfigError(
+                "ema_alpha_start/ema_alpha_end: need 0 <= start <= end <= 1, got "
+                f"{self.ema_alpha_start}, {self.ema_alpha_end}"
+            )
+        if self.blur_sigma is not None and (
+            len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]
+        ):
+            raise ConfigError(
+                f"blur_sigma: need [min, max] with 0 < min <= max, got {self.blur_sigma}"
+            )
+        if self.aspp_rates is not None and (
+            len(self.aspp_rates) != 3 or len(set(self.aspp_rates)) != 3 or min(self.aspp_rates) < 1
+        ):
+            raise ConfigError(f"aspp_rates: need three different rates >= 1, got {self.aspp_rates}")
+        if self.optimizer != "sgd" and self.backbone_lr_multiplier != 1:
+            raise ConfigError(
+                f"optimizer={self.optimizer!r} with backbone_lr_multiplier="
+                f"{self.backbone_lr_multiplier}: the multiplier scales gradients, a learning-rate "
+                "factor for sgd only; set backbone_lr_multiplier=1 or optimizer=sgd"
+            )
+        if self.backbone == "tiny" and self.backbone_weights is not None:
+            raise ConfigError(
+                f"backbone=tiny with backbone_weights={self.backbone_weights!r}: the tiny "
+                "backbone has no pretrained weights; set backbone_weights=null"
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -114,6 +154,17 @@ def _allowed_types(annotation):
     return hints or (annotation,)
 
 
+def _number_list(value, kind):
+    """`value` as a list of `kind` (int, or float with ints widened), or None if it is not."""
+    if not isinstance(value, list) or any(isinstance(v, bool) for v in value):
+        return None
+    if kind is int and all(isinstance(v, int) for v in value):
+        return value
+    if kind is float and all(isinstance(v, int | float) for v in value):
+        return [float(v) for v in value]
+    return None
+
+
 def _coerce(key, value, where):
     """`value` checked (and int -> float widened) against the type of field `key`."""
     if key not in FIELDS:
@@ -124,6 +175,15 @@ def _coerce(key, value, where):
     allowed = _allowed_types(annotation)
     if value is None and type(None) in allowed:
         return None
+    for kind, example in ((int, "[6, 12, 18]"), (float, "[0.1, 2.0]")):
+        if list[kind] in allowed:
+            numbers = _number_list(value, kind)
+            if numbers is None:
+                raise ConfigError(
+                    f"{where}: {key} must be a list of {kind.__name__}s, e.g. {example}, "
+                    f"got {value!r}"
+                )
+            return numbers
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -175,11 +235,15 @@ def load_config(path=None, overrides=()):
 
 def dataset_source(config, verbose=False):
     """The `SegmentationSource` a config names (digit scenes are materialised on first use)."""
-    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
+    from ppl_tf.data.digit_scenes import DigitSceneConfig, crowded_scenes, materialise
     from ppl_tf.data.sources import load_source
 
     if config.dataset == "digits":
-        scenes = DigitSceneConfig(num_train=config.digits_train_scenes)
+        scenes = DigitSceneConfig(
+            num_train=config.digits_train_scenes, min_luma_contrast=config.digits_luma_contrast
+        )
+        if config.digits_layout == "crowded":
+            scenes = crowded_scenes(scenes)
         return load_source("custom", materialise(config.cache_dir, scenes, verbose=verbose))
     return load_source(config.dataset, config.data_dir, config.tfds_data_dir)
 

@@ -1,4 +1,5 @@
-"""Segmentation metrics: confusion-matrix mIoU (per-class IoU too) and pseudo-label recall.
+"""Segmentation metrics: confusion-matrix mIoU (per-class IoU too), pseudo-label recall and
+per-class pixel counts.
 
 Both keep their state in variables that aggregate by "mean" across replicas: the trainer adds
 the same all-reduced increments on every replica, so any replica, or the cross-replica read,
@@ -79,6 +80,51 @@ class ConfusionMatrixIoU(keras.metrics.Metric):
 
     def reset_state(self):
         self.matrix.assign(ops.zeros_like(self.matrix))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package="ppl_tf")
+class ClassHistogram(keras.metrics.Metric):
+    """Pixel counts per class: `increment(labels, weights=None)` counts labels in [0, K) (255
+    and other values do not count) weighted by `weights`; `result()` is the (K,) share of
+    each class (zeros when nothing was counted) and `counts()` the raw counts."""
+
+    def __init__(self, num_classes, name="class_histogram", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.histogram = self.add_variable(
+            shape=(num_classes,),
+            initializer="zeros",
+            dtype="float64",
+            aggregation="mean",
+            name="histogram",
+        )
+
+    def increment(self, labels, weights=None):
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        valid = ops.logical_and(labels >= 0, labels < self.num_classes)
+        weight = ops.cast(valid, "float64")
+        if weights is not None:
+            weight = weight * ops.cast(ops.reshape(weights, (-1,)), "float64")
+        return ops.segment_sum(weight, ops.where(valid, labels, 0), num_segments=self.num_classes)
+
+    def add_increment(self, increment):
+        self.histogram.assign_add(increment)
+
+    def update_state(self, labels, weights=None):
+        self.add_increment(self.increment(labels, weights))
+
+    def counts(self):
+        return ops.convert_to_tensor(self.histogram)
+
+    def result(self):
+        counts = self.counts()
+        return counts / ops.maximum(ops.sum(counts), 1.0)
+
+    def reset_state(self):
+        self.histogram.assign(ops.zeros_like(self.histogram))
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}

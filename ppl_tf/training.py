@@ -1,9 +1,15 @@
 """`PPLTrainer`: the semi-supervised teacher-student trainer of PPL (Sec. 3.3, Eq. 4-7).
 
-One training step, in the paper's order:
-  unpack -> teacher on the weak view -> pseudo-labels and mask (max prob > tau) -> student on
-  labeled + strong views under the tape -> L = L_l + lambda * L_u (Eq. 5-7, L_u with Eq. 1 per
-  stage) -> SGD update -> EMA teacher (Eq. 4) -> memory bank pushes -> metrics.
+One training step, in the paper's order (each phase a method of `PPLTrainer`):
+  1. targets: the teacher on the weak view -> pseudo-labels and mask (max prob > tau; padded
+     pixels excluded; CutMix-mixed like the strong view)
+  2. losses: the student on the labeled images and on the strong views (two BatchNorm
+     batches) under the tape -> L = L_l + lambda * L_u (Eq. 5-7, L_u with Eq. 1 per stage);
+     during warm-up the labeled images alone
+  3. update: the optimizer step
+  4. teacher: EMA of the student (Eq. 4)
+  5. banks: every network pushes its classifiers into its memory banks
+  6. metrics
 
 Distribution: every loss is a sum divided by a count all-reduced over replicas, so the sum of
 the replicas' gradients (Keras' optimizer all-reduces them) is the gradient of the global mean.
@@ -14,32 +20,38 @@ import math
 import keras
 import tensorflow as tf
 
+from ppl_tf.data.augment import apply_cutmix
 from ppl_tf.losses import (
     IGNORE_LABEL,
     masked_cross_entropy,
     multi_prototype_contrastive_loss,
     ohem_cross_entropy,
 )
-from ppl_tf.metrics import ConfusionMatrixIoU
+from ppl_tf.metrics import ClassHistogram, ConfusionMatrixIoU
 from ppl_tf.models import build_training_view, ppl_stages
 
 NO_DECAY_NAMES = ("bias", "gamma", "beta")
 
 
-def ema_alpha(step, total_steps, start=0.99):
-    """alpha = 0.99 + 0.01 * (1 - cos(pi * step / total_steps)) / 2: 0.99 -> 1.0."""
+def ema_alpha(step, total_steps, start=0.99, end=1.0):
+    """The teacher's EMA rate: start + (end - start) * (1 - cos(pi * step / total_steps)) / 2.
+
+    The paper's schedule is 0.99 -> 1.0 (Sec. 4.2); `end` < 1 keeps the teacher moving to the
+    end of short runs.
+    """
     progress = tf.minimum(tf.cast(step, tf.float32) / float(max(total_steps, 1)), 1.0)
-    return start + (1.0 - start) * (1.0 - tf.cos(math.pi * progress)) / 2.0
+    return start + (end - start) * (1.0 - tf.cos(math.pi * progress)) / 2.0
 
 
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def make_optimizer(base_lr, total_steps, momentum=0.9, power=0.9, name="sgd"):
+def make_optimizer(base_lr, total_steps, momentum=0.9, power=0.9, name="sgd", weight_decay=0.0):
     """The poly learning rate (1 - step / total_steps) ** power with SGD + momentum (the
     paper's) or AdamW (for backbones trained from scratch, like the demo's tiny one).
 
-    Weight decay is not part of either: the trainer adds it to the gradients (coupled L2).
+    SGD carries no weight decay here: the trainer adds it to the gradients (coupled L2, as
+    PyTorch's SGD does). AdamW gets `weight_decay` as its own decoupled decay.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}. Received: {name!r}")
@@ -47,7 +59,7 @@ def make_optimizer(base_lr, total_steps, momentum=0.9, power=0.9, name="sgd"):
         base_lr, decay_steps=max(total_steps, 1), end_learning_rate=0.0, power=power
     )
     if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.0)
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
 
 
@@ -84,18 +96,30 @@ class PPLTrainer(keras.Model):
     Args:
         student: the segmenter to train.
         total_steps: optimizer steps of the whole run (poly LR and alpha schedule).
-        warmup_steps: first steps with labeled data only (banks and EMA still run).
+        warmup_steps: first steps on labeled data only: the student's batch holds the labeled
+            images alone (Sec. 4.2), so BatchNorm never sees an unlabeled image before the
+            unlabeled losses start; banks and EMA still run.
         tau: pseudo-label confidence threshold. Defaults to 0.8.
         unsupervised_weight: lambda of Eq. 7. Defaults to 0.1 (VOC; 0.5 for Cityscapes).
         gamma, margin: scale and margin of Eq. 1. Default to 32 and 0.25.
         use_push: the multi-prototype contrastive loss (pushing); `use_attention` of the
             segmenter is the pulling interaction.
         use_unlabeled: False trains on labeled data only (the "supervised-only" baseline).
-        weight_decay: L2 weight decay on kernels (not on BN and biases). Defaults to 1e-4.
+        weight_decay: decay of kernels (not of BN and biases). Defaults to 1e-4. With SGD it
+            is L2 added to the gradient (PyTorch's SGD, the paper's); with AdamW it is
+            AdamW's decoupled decay (`compile(optimizer="adamw")`).
         backbone_lr_multiplier: learning-rate factor of the backbone. Defaults to 0.1.
         ohem: OHEM cross-entropy for labeled images (Cityscapes); threshold and min_kept.
         noise_ratio: the Appendix-A noise study: pseudo-labels are `unlabeled_masks` with
             this fraction of pixels replaced by the teacher's 2nd or 3rd most likely class.
+        ema_start, ema_end: the EMA rate's cosine schedule (`ema_alpha`). Default to the
+            paper's 0.99 -> 1.0.
+        joint_batchnorm: False (default): the student runs on the labeled images and on the
+            strong views as two batches, each normalised by its own BatchNorm statistics
+            (as UniMatch and CPS do). True: one concatenated batch (as U2PL does). The paper
+            does not say. Measured on the digit scenes (README): with one batch, even
+            unlabeled images that no loss reaches lowered val mIoU from 27 to 16-20%: the
+            labeled loss reaches them through the shared batch statistics and fits to them.
         teacher: an existing teacher (when restoring); by default a copy of the student.
     """
 
@@ -116,6 +140,9 @@ class PPLTrainer(keras.Model):
         ohem_threshold=0.7,
         ohem_min_kept=100_000,
         noise_ratio=None,
+        ema_start=0.99,
+        ema_end=1.0,
+        joint_batchnorm=False,
         teacher=None,
         **kwargs,
     ):
@@ -127,6 +154,11 @@ class PPLTrainer(keras.Model):
         if noise_ratio is not None and not 0.0 <= noise_ratio <= 1.0:
             raise ValueError(
                 f"`noise_ratio` must be in [0, 1]. Received: noise_ratio={noise_ratio}"
+            )
+        if not 0.0 <= ema_start <= ema_end <= 1.0:
+            raise ValueError(
+                "Need 0 <= `ema_start` <= `ema_end` <= 1. Received: "
+                f"ema_start={ema_start}, ema_end={ema_end}"
             )
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
@@ -142,6 +174,9 @@ class PPLTrainer(keras.Model):
         self.ohem_threshold = float(ohem_threshold)
         self.ohem_min_kept = int(ohem_min_kept)
         self.noise_ratio = noise_ratio
+        self.ema_start = float(ema_start)
+        self.ema_end = float(ema_end)
+        self.joint_batchnorm = bool(joint_batchnorm)
 
         # === Networks ===
         self.student = student
@@ -169,6 +204,11 @@ class PPLTrainer(keras.Model):
         self.pseudo_coverage = ConfusionMatrixIoU(self.num_classes + 1, name="pseudo_recall")
         self.student_iou = ConfusionMatrixIoU(self.num_classes, name="student_miou")
         self.teacher_iou = ConfusionMatrixIoU(self.num_classes, name="teacher_miou")
+        # Pixel counts per class of the pseudo-labels that pass tau and of the labeled masks:
+        # vectors, so not among `metrics` (whose results become scalar logs); reset with them.
+        # `ppl_tf.visualize.PseudoLabelLog` reads them after each epoch's last step.
+        self.pseudo_classes = ClassHistogram(self.num_classes, name="pseudo_classes")
+        self.labeled_classes = ClassHistogram(self.num_classes, name="labeled_classes")
         self.built = True
 
     # ------------------------------------------------------------------ setup
@@ -207,7 +247,7 @@ class PPLTrainer(keras.Model):
 
     def compile(self, optimizer="sgd", base_lr=0.01, **kwargs):
         """Compiles with `optimizer`: "sgd" (SGD 0.9 + poly LR from `base_lr`, the paper's),
-        "adamw" (AdamW + poly LR) or an optimizer instance."""
+        "adamw" (AdamW + poly LR, decoupled weight decay) or an optimizer instance."""
         if optimizer is None or isinstance(optimizer, str):
             name = optimizer or "sgd"
             if name != "sgd" and self.backbone_lr_multiplier != 1.0:
@@ -216,9 +256,21 @@ class PPLTrainer(keras.Model):
                     f"for SGD only; use it with optimizer='sgd' or set it to 1. Received: "
                     f"optimizer={name!r}, backbone_lr_multiplier={self.backbone_lr_multiplier}"
                 )
-            optimizer = make_optimizer(base_lr, self.total_steps, name=name)
+            optimizer = make_optimizer(
+                base_lr, self.total_steps, name=name, weight_decay=self.weight_decay
+            )
+        if isinstance(optimizer, keras.optimizers.AdamW):
+            variables = self.student.trainable_weights
+            optimizer.exclude_from_weight_decay(
+                var_list=[v for v, decay in zip(variables, self._decays, strict=True) if not decay]
+            )
         super().compile(optimizer=optimizer, **kwargs)
         self.optimizer.build(self.student.trainable_weights)
+
+    @property
+    def _coupled_weight_decay(self):
+        """L2 added to the gradients: for optimizers without a decay of their own (SGD)."""
+        return 0.0 if isinstance(self.optimizer, keras.optimizers.AdamW) else self.weight_decay
 
     # --------------------------------------------------------- distribution workarounds
     # keras-team/keras#20585: under MultiWorkerMirroredStrategy, `fit` first reduces one
@@ -244,14 +296,33 @@ class PPLTrainer(keras.Model):
         return self.student(images, training=training)
 
     # ------------------------------------------------------------------ train
-    def _pseudo_labels(self, batch):
-        """Teacher on the weak view -> (pseudo-labels, mask) at input resolution."""
+    def train_step(self, data):
+        batch = data
+        targets = self.pseudo_labels(batch) if self.use_unlabeled else None
+        terms, grads = self._terms_and_gradients(batch, targets)
+        self._update(grads)
+        alpha = self._update_teacher()
+        self._push_banks()
+        self._update_metrics(batch, targets, terms, alpha)
+        return self._train_logs()
+
+    def pseudo_labels(self, batch):
+        """Phase 1, the targets of the strong view: the teacher on the weak view ->
+        (pseudo-labels, mask) at input resolution.
+
+        mask = max prob > tau, and 0 on padded pixels (`unlabeled_valid`). When the strong
+        view was CutMix-mixed in the pipeline, labels and mask are mixed with the same boxes.
+        """
         probs = tf.nn.softmax(self.teacher(batch["unlabeled_weak"], training=False), axis=-1)
-        confidence = tf.reduce_max(probs, axis=-1)
         labels = tf.argmax(probs, axis=-1, output_type=tf.int32)
-        mask = tf.cast(confidence > self.tau, tf.float32)
+        mask = tf.cast(tf.reduce_max(probs, axis=-1) > self.tau, tf.float32)
+        if "unlabeled_valid" in batch:
+            mask *= tf.cast(batch["unlabeled_valid"], tf.float32)
         if self.noise_ratio is not None:
             labels, mask = self._noisy_ground_truth(batch, probs)
+        if "unlabeled_cutmix_box" in batch:
+            box = batch["unlabeled_cutmix_box"]
+            labels, mask = apply_cutmix(labels, box), apply_cutmix(mask, box)
         return labels, mask
 
     def _noisy_ground_truth(self, batch, probs):
@@ -264,6 +335,77 @@ class PPLTrainer(keras.Model):
         noisy = tf.random.uniform(tf.shape(truth)) < self.noise_ratio
         labels = tf.where(valid & noisy, confusing, tf.where(valid, truth, 0))
         return labels, tf.cast(valid, tf.float32)
+
+    def _terms_and_gradients(self, batch, targets):
+        """Phase 2: the loss terms (a dict) and the student's gradients. During warm-up the
+        student sees the labeled images alone and the unlabeled terms are 0."""
+        if targets is None or self.warmup_steps <= 0:
+            return self._gradients(batch, targets)
+        warm = self.optimizer.iterations < self.warmup_steps
+        return tf.cond(
+            warm, lambda: self._gradients(batch, None), lambda: self._gradients(batch, targets)
+        )
+
+    def _gradients(self, batch, targets):
+        variables = self.student.trainable_weights
+        with tf.GradientTape() as tape:
+            terms = self.losses_of(batch, targets)
+        grads = tape.gradient(terms["loss"], variables)
+        # A weight that no loss reached (possible in ablations) gets a zero gradient, so both
+        # branches of the warm-up switch return the same structure.
+        grads = [
+            tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)
+        ]
+        return terms, grads
+
+    def losses_of(self, batch, targets):
+        """L = L_l + lambda * L_u (Eq. 5-7) of the student on this batch, with every term.
+
+        `targets` (pseudo-labels, mask) switch the unlabeled terms on; with None the student
+        runs on the labeled images alone and the unlabeled terms are 0.
+        """
+        labeled_images = batch["labeled_images"]
+        labeled_masks = tf.cast(batch["labeled_masks"], tf.int32)
+        num_labeled = tf.shape(labeled_images)[0]
+        if targets is None:
+            out = self._student_heads(labeled_images, training=True)
+        elif self.joint_batchnorm:
+            images = tf.concat([labeled_images, batch["unlabeled_strong"]], axis=0)
+            out = self._student_heads(images, training=True)
+        else:
+            labeled_out = self._student_heads(labeled_images, training=True)
+            unlabeled_out = self._student_heads(batch["unlabeled_strong"], training=True)
+            out = {
+                key: [
+                    tf.concat(pair, axis=0)
+                    for pair in zip(labeled_out[key], unlabeled_out[key], strict=True)
+                ]
+                for key in labeled_out
+            }
+        head_logits, features = out["logits"], out["features"]
+        terms = {"loss_labeled": self._labeled_loss([h[:num_labeled] for h in head_logits],
+                                                    labeled_masks)}  # fmt: skip
+        zero = tf.constant(0.0)
+        contrast = [zero for _ in self.student_stages]
+        terms["loss_unlabeled_ce"] = zero
+        if targets is not None:
+            pseudo, mask = targets
+            masked = _all_reduce_sum(tf.reduce_sum(mask))
+            terms["loss_unlabeled_ce"] = tf.add_n([
+                masked_cross_entropy(
+                    _resize_like(logits[num_labeled:], mask[..., None], "bilinear"),
+                    pseudo, mask, normalizer=masked,
+                )
+                for logits in head_logits
+            ])  # fmt: skip
+            if self.use_push and features:
+                contrast = self._contrast_losses([f[num_labeled:] for f in features], pseudo, mask)
+        for i, value in enumerate(contrast):
+            terms[f"loss_contrast_{i + 1}"] = value
+        terms["loss_contrast"] = tf.add_n(contrast) if contrast else zero
+        loss_unlabeled = terms["loss_unlabeled_ce"] + terms["loss_contrast"]
+        terms["loss"] = terms["loss_labeled"] + self.unsupervised_weight * loss_unlabeled
+        return terms
 
     def _labeled_loss(self, head_logits, masks):
         total = 0.0
@@ -279,105 +421,81 @@ class PPLTrainer(keras.Model):
                 total += masked_cross_entropy(logits, masks, normalizer=count)
         return total
 
-    def train_step(self, data):
-        batch = data
-        labeled_images = batch["labeled_images"]
-        labeled_masks = tf.cast(batch["labeled_masks"], tf.int32)
-        num_labeled = tf.shape(labeled_images)[0]
-        step = tf.cast(self.optimizer.iterations, tf.float32)
-        # 0.0 during warm-up (labeled data only), 1.0 after.
-        unlabeled_on = tf.cast(step >= float(self.warmup_steps), tf.float32)
+    def _contrast_losses(self, features, pseudo, mask):
+        """Eq. 1 per stage, at feature resolution (labels and mask by nearest neighbour)."""
+        size = tf.shape(features[0])[1:3]
+        pseudo_small = _downsample_labels(pseudo, size)
+        mask_small = _downsample_labels(mask, size)
+        masked_small = _all_reduce_sum(tf.reduce_sum(mask_small))
+        return [
+            multi_prototype_contrastive_loss(
+                f, stage.memory.read(), pseudo_small, mask_small, self.gamma, self.margin,
+                normalizer=masked_small,
+            )
+            for f, stage in zip(features, self.student_stages, strict=True)
+        ]  # fmt: skip
 
-        # Teacher on the weak view -> pseudo-labels and mask.
-        if self.use_unlabeled:
-            pseudo, mask = self._pseudo_labels(batch)
-            if "unlabeled_cutmix_box" in batch:  # the strong view was mixed in the pipeline
-                box = tf.cast(batch["unlabeled_cutmix_box"], tf.bool)
-                pseudo = tf.where(box, tf.roll(pseudo, 1, axis=0), pseudo)
-                mask = tf.where(box, tf.roll(mask, 1, axis=0), mask)
-            images = tf.concat([labeled_images, batch["unlabeled_strong"]], axis=0)
-            global_masked = _all_reduce_sum(tf.reduce_sum(mask))
-            global_pixels = _all_reduce_sum(tf.cast(tf.size(mask), tf.float32))
-        else:
-            images = labeled_images
-
-        # Student under the tape; losses.
-        with tf.GradientTape() as tape:
-            out = self._student_heads(images, training=True)
-            head_logits, features = out["logits"], out["features"]
-            loss_labeled = self._labeled_loss([h[:num_labeled] for h in head_logits], labeled_masks)
-            loss_ce_u = tf.constant(0.0)
-            contrast = [tf.constant(0.0) for _ in features]
-            if self.use_unlabeled:
-                for logits in head_logits:
-                    logits_u = _resize_like(logits[num_labeled:], mask[..., None], "bilinear")
-                    loss_ce_u += masked_cross_entropy(
-                        logits_u, pseudo, mask, normalizer=global_masked
-                    )
-                if self.use_push and features:
-                    size = tf.shape(features[0])[1:3]
-                    pseudo_small = _downsample_labels(pseudo, size)
-                    mask_small = _downsample_labels(mask, size)
-                    masked_small = _all_reduce_sum(tf.reduce_sum(mask_small))
-                    for i, (f, stage) in enumerate(zip(features, self.student_stages, strict=True)):
-                        contrast[i] = multi_prototype_contrastive_loss(
-                            f[num_labeled:], stage.memory.read(), pseudo_small, mask_small,
-                            self.gamma, self.margin, normalizer=masked_small,
-                        )  # fmt: skip
-            loss_unlabeled = loss_ce_u + tf.add_n(contrast) if contrast else loss_ce_u
-            loss = loss_labeled + unlabeled_on * self.unsupervised_weight * loss_unlabeled
-
-        # Update: coupled L2 decay (as PyTorch's SGD) and the backbone's smaller LR, both
-        # written into the gradient so SGD's own state is all the optimizer carries.
+    def _update(self, grads):
+        """Phase 3: the optimizer step. SGD's L2 decay (as PyTorch's SGD) and the backbone's
+        smaller LR are written into the gradient, so SGD's own state is all it carries."""
         variables = self.student.trainable_weights
-        grads = tape.gradient(loss, variables)
         # The optimizer sums the replicas' gradients: each replica adds its share of the decay.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        weight_decay = self.weight_decay / replicas
+        weight_decay = self._coupled_weight_decay / replicas
         grads = [
-            scale * (g + weight_decay * v if decay else g)
+            scale * (g + weight_decay * v if decay and weight_decay else g)
             for g, v, scale, decay in zip(
                 grads, variables, self._lr_scale, self._decays, strict=True
             )
         ]
         self.optimizer.apply(grads, variables)
 
-        # EMA teacher (Eq. 4), then each network pushes its own classifiers into its banks.
-        alpha = ema_alpha(self.optimizer.iterations, self.total_steps)
+    def _update_teacher(self):
+        """Phase 4: teacher = EMA of the student (Eq. 4), BN statistics included."""
+        alpha = ema_alpha(self.optimizer.iterations, self.total_steps, self.ema_start, self.ema_end)
         for t, s in self._ema_pairs:
             t.assign(alpha * t + (1.0 - alpha) * s)
+        return alpha
+
+    def _push_banks(self):
+        """Phase 5: each network pushes its own classifiers (the teacher's are EMAs)."""
         for stage in self.student_stages + self.teacher_stages:
             stage.push_classifier()
 
-        # Metrics: every value is the global one, the same on every replica.
-        lr = self.optimizer.learning_rate
-        logs = {
-            "loss": loss,
-            "loss_labeled": loss_labeled,
-            "loss_unlabeled_ce": loss_ce_u * unlabeled_on,
-            "loss_contrast": tf.add_n(contrast) * unlabeled_on if contrast else tf.constant(0.0),
-        }
-        for i, value in enumerate(contrast):
-            logs[f"loss_contrast_{i + 1}"] = value * unlabeled_on
-        for name, value in logs.items():
+    def _update_metrics(self, batch, targets, terms, alpha):
+        """Phase 6: every value is the global one, the same on every replica."""
+        for name, value in terms.items():
             self.trackers[name].update_state(_all_reduce_sum(value))
+        lr = self.optimizer.learning_rate
         self.trackers["ema_alpha"].update_state(alpha)
         self.trackers["lr_head"].update_state(lr)
         self.trackers["lr_backbone"].update_state(lr * self.backbone_lr_multiplier)
-        if self.use_unlabeled:
-            self.trackers["mask_ratio"].update_state(global_masked / global_pixels)
-            if "unlabeled_masks" in batch:
-                truth = tf.cast(batch["unlabeled_masks"], tf.int32)
-                if "unlabeled_cutmix_box" in batch:
-                    truth = tf.where(box, tf.roll(truth, 1, axis=0), truth)
-                self.pseudo_iou.add_increment(
-                    _all_reduce_sum(self.pseudo_iou.increment(truth, pseudo, mask))
-                )
-                covered = tf.where(mask > 0, pseudo, self.num_classes)
-                self.pseudo_coverage.add_increment(
-                    _all_reduce_sum(self.pseudo_coverage.increment(truth, covered))
-                )
-        return self._train_logs()
+        labeled_masks = tf.cast(batch["labeled_masks"], tf.int32)
+        self.labeled_classes.add_increment(
+            _all_reduce_sum(self.labeled_classes.increment(labeled_masks))
+        )
+        if targets is None:
+            return
+        pseudo, mask = targets
+        global_masked = _all_reduce_sum(tf.reduce_sum(mask))
+        pixels = tf.cast(tf.size(mask), tf.float32)
+        if "unlabeled_valid" in batch:
+            pixels = tf.reduce_sum(tf.cast(batch["unlabeled_valid"], tf.float32))
+        self.trackers["mask_ratio"].update_state(global_masked / _all_reduce_sum(pixels))
+        self.pseudo_classes.add_increment(
+            _all_reduce_sum(self.pseudo_classes.increment(pseudo, mask))
+        )
+        if "unlabeled_masks" in batch:
+            truth = tf.cast(batch["unlabeled_masks"], tf.int32)
+            if "unlabeled_cutmix_box" in batch:
+                truth = apply_cutmix(truth, batch["unlabeled_cutmix_box"])
+            self.pseudo_iou.add_increment(
+                _all_reduce_sum(self.pseudo_iou.increment(truth, pseudo, mask))
+            )
+            covered = tf.where(mask > 0, pseudo, self.num_classes)
+            self.pseudo_coverage.add_increment(
+                _all_reduce_sum(self.pseudo_coverage.increment(truth, covered))
+            )
 
     def _train_logs(self):
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -414,6 +532,11 @@ class PPLTrainer(keras.Model):
         return [*self.trackers.values(), self.pseudo_iou, self.pseudo_coverage,
                 self.student_iou, self.teacher_iou]  # fmt: skip
 
+    def reset_metrics(self):
+        super().reset_metrics()
+        self.pseudo_classes.reset_state()
+        self.labeled_classes.reset_state()
+
     def get_config(self):
         config = {
             "student": keras.saving.serialize_keras_object(self.student),
@@ -431,6 +554,9 @@ class PPLTrainer(keras.Model):
             "ohem_threshold": self.ohem_threshold,
             "ohem_min_kept": self.ohem_min_kept,
             "noise_ratio": self.noise_ratio,
+            "ema_start": self.ema_start,
+            "ema_end": self.ema_end,
+            "joint_batchnorm": self.joint_batchnorm,
         }
         return {**super().get_config(), **config}
 

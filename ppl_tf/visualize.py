@@ -82,6 +82,100 @@ class ImageLogger(keras.callbacks.Callback):
             Image.fromarray(picture).save(self.png_dir / f"epoch_{epoch + 1:03d}.png")
 
 
+class PseudoLabelLog(keras.callbacks.Callback):
+    """Per epoch, per class: the share of the pseudo-labels that pass tau next to the share of
+    the class in the labeled masks (its prior), and, where the unlabeled images have ground
+    truth, the pseudo-labels' precision and recall. Rows go to `csv_path` (one per epoch and
+    class, appended, so a resumed run continues the file) and the plot to `png_path` at the
+    end of training (`plot_pseudo_labels`).
+
+    The counts are read after each epoch's last step: fit's validation resets the trainer's
+    metrics before `on_epoch_end`.
+    """
+
+    FIELDS = ("epoch", "class", "labeled_share", "pseudo_share", "pseudo_precision",
+              "pseudo_recall")  # fmt: skip
+
+    def __init__(self, class_names, csv_path, png_path=None):
+        super().__init__()
+        self.class_names = list(class_names)
+        self.csv_path, self.png_path = Path(csv_path), png_path and Path(png_path)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 < (self.params.get("steps") or 0):
+            return
+        trainer = self.model
+        labeled = keras.ops.convert_to_numpy(trainer.labeled_classes.result())
+        pseudo_counts = keras.ops.convert_to_numpy(trainer.pseudo_classes.counts())
+        pseudo = pseudo_counts / max(pseudo_counts.sum(), 1.0)
+        matrix = keras.ops.convert_to_numpy(trainer.pseudo_iou.matrix)
+        coverage = keras.ops.convert_to_numpy(trainer.pseudo_coverage.matrix)
+        has_truth = coverage.sum() > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.diag(matrix) / matrix.sum(axis=0)
+            recall = np.diag(coverage)[: len(self.class_names)] / coverage.sum(axis=1)[:-1]
+        new = not self.csv_path.is_file()
+        with open(self.csv_path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(self.FIELDS)
+            for k, name in enumerate(self.class_names):
+                row = [self._epoch, name, labeled[k], pseudo[k]]
+                row += [precision[k], recall[k]] if has_truth else ["", ""]
+                writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v
+                                 for v in row])  # fmt: skip
+
+    def on_train_end(self, logs=None):
+        if self.png_path and self.csv_path.is_file():
+            plot_pseudo_labels(self.csv_path, self.png_path)
+
+
+def plot_pseudo_labels(csv_path, path):
+    """Pseudo-label class shares per epoch (solid) beside the labeled class shares (dashed),
+    log scale; with ground truth, a second panel of per-class pseudo-label precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    latest = {(int(r["epoch"]), r["class"]): r for r in rows}  # a resumed epoch: its last row
+    classes = list(dict.fromkeys(r["class"] for r in rows))
+    epochs = sorted({e for e, _ in latest})
+    has_truth = any(r["pseudo_precision"] not in ("", "nan") for r in rows)
+    figure, axes = plt.subplots(1, 2 if has_truth else 1, figsize=(12 if has_truth else 6, 4))
+    axes = np.atleast_1d(axes)
+    colors = plt.get_cmap("tab20")
+
+    def series(name, key):
+        return [float(latest[(e, name)][key] or "nan") for e in epochs]
+
+    x = [e + 1 for e in epochs]
+    for i, name in enumerate(classes):
+        color = colors(i % 20)
+        axes[0].plot(x, series(name, "pseudo_share"), color=color, label=name)
+        axes[0].plot(x, series(name, "labeled_share"), color=color, linestyle="--", linewidth=0.8)
+        if has_truth:
+            axes[1].plot(x, series(name, "pseudo_precision"), color=color, label=name)
+    axes[0].set_yscale("log")
+    axes[0].set_title("pseudo-label share (solid) vs labeled share (dashed)")
+    if has_truth:
+        axes[1].set_title("pseudo-label precision")
+        axes[1].set_ylim(0, 1)
+    for axis in axes:
+        axis.set_xlabel("epoch")
+    axes[-1].legend(fontsize=6, ncol=2, loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def plot_curves(log_csv, path):
     """Training curves from a CSVLogger file: losses, mIoUs, mask ratio, pseudo-label quality."""
     import matplotlib

@@ -10,6 +10,7 @@ Keys are the fields of `ppl_tf.config.TrainConfig` (flat YAML; `key=value` overr
 config file). A run folder (`out`) gets: config.yaml (resolved), splits/, log.csv, tensorboard/,
 best.weights.h5 (by teacher mIoU), backup/ (BackupAndRestore: rerun the same command after an
 interruption to resume), predictions/ (a PNG per epoch), predictions.png, curves.png,
+pseudo_labels.csv/.png (per epoch and class: pseudo-label share beside the labeled share),
 teacher.keras, student.keras, dataset.json and metrics.json; then the teacher is exported to
 `export_dir/<export_name>/<version>/` (SavedModel + ONNX).
 """
@@ -75,6 +76,7 @@ def build(config, source, strategy, total_steps, warmup_steps):
             output_stride=config.output_stride,
             backbone_weights=config.backbone_weights,
             use_attention=config.use_attention,
+            aspp_rates=config.aspp_rates,
         )
         if strategy.num_replicas_in_sync > 1:
             use_synchronized_batchnorm(student)
@@ -92,6 +94,9 @@ def build(config, source, strategy, total_steps, warmup_steps):
             backbone_lr_multiplier=config.backbone_lr_multiplier,
             ohem=config.ohem,
             noise_ratio=config.noise_ratio,
+            ema_start=config.ema_alpha_start,
+            ema_end=config.ema_alpha_end,
+            joint_batchnorm=config.joint_batchnorm,
         )
         trainer.compile(optimizer=config.optimizer, base_lr=config.base_lr)
     # Seeded twice on purpose: main() seeds the weight initialisation; this restarts the stream
@@ -129,7 +134,7 @@ def main(argv=None):
     from ppl_tf.data import AugmentConfig, DataError, eval_dataset, semi_supervised_dataset
     from ppl_tf.distribute import StrategyError, is_chief, make_strategy
     from ppl_tf.evaluation import evaluate, format_table, keras_predictor
-    from ppl_tf.visualize import ImageLogger, plot_curves, save_prediction_grid
+    from ppl_tf.visualize import ImageLogger, PseudoLabelLog, plot_curves, save_prediction_grid
 
     try:
         strategy = make_strategy(config.strategy, args.cpu_replicas)
@@ -173,6 +178,7 @@ def main(argv=None):
         crop_size=config.crop_size,
         scale_range=(config.scale_min, config.scale_max),
         cutmix=config.cutmix,
+        blur_sigma=tuple(config.blur_sigma) if config.blur_sigma else None,
     )
     train = semi_supervised_dataset(
         source, splits.labeled, unlabeled, config.batch_size, config.batch_size, augment,
@@ -195,6 +201,11 @@ def main(argv=None):
             save_weights_only=True,
         ),  # fmt: skip
     ]
+    if chief and config.use_unlabeled:
+        pseudo_log = PseudoLabelLog(
+            source.class_names, work / "pseudo_labels.csv", work / "pseudo_labels.png"
+        )
+        callbacks.append(pseudo_log)
     if chief and config.images_to_log:
         callbacks.append(
             ImageLogger(
@@ -297,6 +308,7 @@ def _float32_copy(config, source, model):
         source.num_classes, config.backbone, num_stages=config.num_stages,
         memory_length=config.memory_length, output_stride=config.output_stride,
         backbone_weights=None, use_attention=config.use_attention,
+        aspp_rates=config.aspp_rates,
     )  # fmt: skip
     twin.set_weights(model.get_weights())
     return twin

@@ -18,7 +18,12 @@ from ppl_tf.data import (
     validate,
     voc_source,
 )
-from ppl_tf.data.augment import strong_photometric, weak_geometry
+from ppl_tf.data.augment import (
+    blur_sigma_range,
+    gaussian_blur,
+    strong_photometric,
+    weak_geometry,
+)
 from ppl_tf.data.classes import CITYSCAPES_ID_TO_TRAIN_ID, VOC_PALETTE
 from ppl_tf.data.decode import read_mask
 from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
@@ -120,6 +125,8 @@ def test_custom_folder_unlabeled_images_need_no_mask(tmp_path):
     assert "unlabeled_masks" not in batch  # not every unlabeled image has a mask
     assert batch["labeled_images"].shape == (2, 16, 16, 3)
     assert batch["unlabeled_strong"].shape == (2, 16, 16, 3)
+    assert batch["unlabeled_valid"].dtype == tf.bool
+    assert batch["unlabeled_valid"].shape == (2, 16, 16)
 
 
 def test_augmented_masks_keep_values_and_alignment():
@@ -144,6 +151,39 @@ def test_augmented_masks_keep_values_and_alignment():
         assert agreement > 0.93, (k, agreement)
         flips.add(bool(out_image[..., 0].argmax() % 48 > 24))
     assert len(flips) == 2
+
+
+def test_valid_map_marks_padding_only():
+    # A 40x30 image of all-labeled pixels scaled by 0.5-1.0 into 48x48 crops: the padding is
+    # exactly where the mask became 255, for an image with no mask the map is the same.
+    image = np.random.default_rng(0).integers(1, 255, (40, 30, 3)).astype(np.uint8)
+    mask = np.ones((40, 30), np.uint8)
+    for k in range(10):
+        seed = tf.constant([k, 3], tf.int64)
+        out_image, out_mask, valid = weak_geometry(
+            image, mask, seed, 48, scale_range=(0.5, 1.0), with_valid=True
+        )
+        np.testing.assert_array_equal(valid.numpy(), out_mask.numpy() != 255)
+        assert 0 < valid.numpy().mean() < 1
+        unlabeled = np.full((40, 30), 255, np.uint8)
+        _, _, valid_unlabeled = weak_geometry(
+            image, unlabeled, seed, 48, scale_range=(0.5, 1.0), with_valid=True
+        )
+        np.testing.assert_array_equal(valid_unlabeled.numpy(), valid.numpy())
+        assert np.all(out_image.numpy()[~valid.numpy()] == 0)
+
+
+def test_blur_is_scaled_with_the_crop():
+    assert blur_sigma_range(512) == pytest.approx((0.1, 2.0))
+    assert blur_sigma_range(64) == pytest.approx((0.0125, 0.25))
+    assert AugmentConfig(crop_size=64).strong_blur_sigma() == pytest.approx((0.0125, 0.25))
+    assert AugmentConfig(crop_size=64, blur_sigma=(0.1, 2.0)).strong_blur_sigma() == (0.1, 2.0)
+    # a 1-pixel line keeps most of its contrast under the 64-pixel crop's largest blur
+    line = np.zeros((16, 16, 3), np.float32)
+    line[:, 8] = 255.0
+    blurred = gaussian_blur(tf.constant(line), tf.constant(0.25)).numpy()
+    assert blurred[:, 8].min() > 0.9 * 255
+    assert gaussian_blur(tf.constant(line), tf.constant(2.0)).numpy()[:, 8].max() < 0.25 * 255
 
 
 def test_strong_view_differs_only_photometrically():
@@ -301,6 +341,39 @@ def _digest(folder):
         if path.is_file() and path.name != "stats.json":
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
+
+
+def test_digit_colors_keep_a_luminance_contrast_that_survives_grayscale():
+    from ppl_tf.data.digit_scenes import LUMA, _contrasting_color
+
+    rng = np.random.default_rng(0)
+    gaps = {0.0: [], 60.0: []}
+    for _ in range(300):
+        region = rng.uniform(0, 255, (6, 6, 3)) * rng.uniform(0, 1, 3)
+        for least in gaps:
+            color = _contrasting_color(rng, region, 180.0, least)
+            gaps[least].append(abs(float((color - region.reshape(-1, 3).mean(0)) @ LUMA)))
+    assert min(gaps[60.0]) >= 60.0
+    assert min(gaps[0.0]) < 20.0  # without the rule some digits nearly vanish in gray
+
+
+def test_crowded_layout_has_more_smaller_digits_and_more_background(tmp_path):
+    from ppl_tf.data.digit_scenes import crowded_scenes
+
+    standard = DigitSceneConfig(num_train=8, num_val=2, seed=1)
+    roots = {
+        name: materialise(tmp_path / name, config, verbose=False)
+        for name, config in (("standard", standard), ("crowded", crowded_scenes(standard)))
+    }
+    import json
+
+    stats = {k: json.loads((v / "stats.json").read_text()) for k, v in roots.items()}
+    image = Image.open(roots["crowded"] / "images" / "train_00000.png")
+    assert image.size == (128, 128)
+    assert (
+        stats["crowded"]["class_fraction"]["background"]
+        > stats["standard"]["class_fraction"]["background"]
+    )
 
 
 def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from helpers import keras_round_trip, relative_error
 
-from ppl_tf.layers import DilatedConv2D
+from ppl_tf.layers import DilatedConv2D, dilated_conv
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,17 @@ from ppl_tf.layers import DilatedConv2D
         ((1, 9, 9, 2), 3, 1, "same"),
     ],
 )
-def test_matches_keras_conv2d_in_output_and_gradient(shape, kernel_size, rate, padding, rng):
+@pytest.mark.parametrize("gradient", ["direct", "portable"])
+def test_matches_keras_conv2d_in_output_and_gradient(
+    shape, kernel_size, rate, padding, gradient, rng, monkeypatch
+):
+    # Both backward paths are checked on every machine that can run them: "portable" (the
+    # SpaceToBatch gradient) everywhere, "direct" where the device has dilated gradient kernels.
+    if gradient == "direct" and not dilated_conv.direct_dilated_gradients_supported():
+        pytest.skip("this device has no gradient kernel for the direct dilated Conv2D")
+    monkeypatch.setattr(
+        dilated_conv, "direct_dilated_gradients_supported", lambda dtype: gradient == "direct"
+    )
     x = tf.constant(rng.normal(size=shape).astype("float32"))
     kwargs = dict(kernel_size=kernel_size, dilation_rate=rate, padding=padding, filters=6)
     reference = keras.layers.Conv2D(**kwargs)
@@ -43,7 +53,9 @@ def test_matches_keras_conv2d_in_output_and_gradient(shape, kernel_size, rate, p
         assert relative_error(g, g_ref) < 1e-5
 
 
-def test_graph_uses_direct_dilation_without_space_to_batch():
+@pytest.mark.parametrize("direct", [True, False])
+def test_graph_uses_direct_dilation_without_space_to_batch(direct, monkeypatch):
+    monkeypatch.setattr(dilated_conv, "direct_dilated_gradients_supported", lambda dtype: direct)
     layer = DilatedConv2D(4, 3, dilation_rate=6, padding="same")
     layer.build((None, None, None, 3))
     fn = tf.function(lambda x: layer(x)).get_concrete_function(

@@ -45,8 +45,16 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
     out = tmp_path / "run"
     for name in ("config.yaml", "dataset.json", "best.weights.h5", "log.csv", "metrics.json",
                  "per_class_iou.md", "student.keras", "teacher.keras", "predictions.png",
-                 "curves.png", "predictions/epoch_002.png"):  # fmt: skip
+                 "curves.png", "predictions/epoch_002.png", "pseudo_labels.png"):  # fmt: skip
         assert (out / name).is_file(), name
+    # per epoch and class: the pseudo-label share beside the labeled share
+    shares = log_rows(out / "pseudo_labels.csv")
+    assert len(shares) == 2 * 11 and {r["epoch"] for r in shares} == {"0", "1"}
+    for epoch in ("0", "1"):
+        labeled = [float(r["labeled_share"]) for r in shares if r["epoch"] == epoch]
+        assert sum(labeled) == pytest.approx(1.0, abs=1e-4) and labeled[0] > 0.5  # background
+        pseudo = [float(r["pseudo_share"]) for r in shares if r["epoch"] == epoch]
+        assert sum(pseudo) == pytest.approx(1.0, abs=1e-4) or sum(pseudo) == 0.0
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert (out / "splits" / "labeled.txt").read_text().count("\n") == 8
     rows = log_rows(out / "log.csv")

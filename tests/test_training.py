@@ -26,7 +26,7 @@ def make_trainer(seed=0, num_stages=2, **kwargs):
     return trainer
 
 
-def square_batch(seed, batch=2, cutmix=False):
+def square_batch(seed, batch=2, pad=0):
     """Colour squares on gray: class 1 = red square, class 2 = blue square, 0 = background."""
     rng = np.random.default_rng(seed)
 
@@ -45,11 +45,17 @@ def square_batch(seed, batch=2, cutmix=False):
     labeled_images, labeled_masks = scenes(batch)
     weak, unlabeled_masks = scenes(batch)
     strong = np.clip(weak * 0.8 + 20, 0, 255).astype(np.float32)
+    valid = np.ones((batch, SIZE, SIZE), bool)
+    if pad:  # the bottom rows padded, as weak_geometry pads a downscaled image
+        valid[:, SIZE - pad :] = False
+        weak[:, SIZE - pad :] = strong[:, SIZE - pad :] = 0.0
+        unlabeled_masks[:, SIZE - pad :] = 255
     out = {
         "labeled_images": labeled_images,
         "labeled_masks": labeled_masks,
         "unlabeled_weak": weak,
         "unlabeled_strong": strong,
+        "unlabeled_valid": valid,
         "unlabeled_masks": unlabeled_masks,
     }
     return {k: tf.constant(v) for k, v in out.items()}
@@ -65,6 +71,12 @@ def test_alpha_schedule_values():
     assert float(ema_alpha(100, 100)) == pytest.approx(1.0)
     assert float(ema_alpha(25, 100)) == pytest.approx(0.99 + 0.01 * (1 - math.cos(math.pi / 4)) / 2)
     assert float(ema_alpha(500, 100)) == pytest.approx(1.0)
+    # a schedule that stops short of 1 keeps the teacher moving
+    assert float(ema_alpha(100, 100, 0.99, 0.999)) == pytest.approx(0.999)
+    assert float(ema_alpha(50, 100, 0.99, 0.999)) == pytest.approx(0.9945)
+    assert float(ema_alpha(70, 100, 0.99, 0.99)) == pytest.approx(0.99)
+    with pytest.raises(ValueError, match="ema_start.*ema_end"):
+        make_trainer(ema_start=0.999, ema_end=0.99)
 
 
 def test_teacher_is_frozen_copy_and_not_in_optimizer():
@@ -110,10 +122,40 @@ def test_pseudo_label_mask_is_max_prob_above_tau():
     batch = square_batch(1)
     probs = tf.nn.softmax(trainer.teacher(batch["unlabeled_weak"]), -1).numpy()
     trainer.tau = float(np.median(probs.max(-1)))  # so that the threshold splits this batch
-    labels, mask = trainer._pseudo_labels(batch)
+    labels, mask = trainer.pseudo_labels(batch)
     np.testing.assert_array_equal(labels.numpy(), probs.argmax(-1))
     np.testing.assert_array_equal(mask.numpy(), (probs.max(-1) > trainer.tau).astype("float32"))
     assert 0.3 < mask.numpy().mean() < 0.7
+
+
+def test_padded_pixels_get_no_pseudo_label_and_do_not_count():
+    trainer = make_trainer(tau=0.0)  # every real pixel passes
+    batch = square_batch(1, pad=8)
+    _, mask = trainer.pseudo_labels(batch)
+    expected = batch["unlabeled_valid"].numpy().astype("float32")
+    np.testing.assert_array_equal(mask.numpy(), expected)
+    logs = trainer.train_step(batch)
+    assert float(logs["mask_ratio"]) == pytest.approx(1.0)  # a share of the real pixels
+    # without the map, the black padding would be pseudo-labeled with everything else
+    unpadded = dict(batch, unlabeled_valid=tf.ones_like(batch["unlabeled_valid"]))
+    _, mask_unpadded = trainer.pseudo_labels(unpadded)
+    assert mask_unpadded.numpy()[~batch["unlabeled_valid"].numpy()].min() == 1.0
+
+
+def test_cutmix_mixes_pseudo_labels_and_padding_like_the_strong_view():
+    trainer = make_trainer(tau=0.0)
+    batch = square_batch(2, batch=3, pad=6)
+    box = np.zeros((3, SIZE, SIZE), bool)
+    box[0, :, :10] = True  # image 0 takes image 2's left columns (its CutMix partner)
+    box[1, SIZE - 8 :, :] = True  # image 1 takes image 0's bottom rows, padding included
+    mixed = dict(batch, unlabeled_cutmix_box=tf.constant(box))
+    labels, mask = trainer.pseudo_labels(mixed)
+    plain_labels, plain_mask = trainer.pseudo_labels(batch)
+    plain_labels, plain_mask = plain_labels.numpy(), plain_mask.numpy()
+    partner = np.roll(np.arange(3), 1)
+    expected_labels = np.where(box, plain_labels[partner], plain_labels)
+    np.testing.assert_array_equal(labels.numpy(), expected_labels)
+    np.testing.assert_array_equal(mask.numpy(), np.where(box, plain_mask[partner], plain_mask))
 
 
 @pytest.mark.parametrize(
@@ -156,6 +198,30 @@ def test_loss_terms_on_and_off(kwargs, present, absent):
     assert float(logs["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
+def test_warmup_student_sees_the_labeled_images_alone():
+    # During warm-up the step must equal a supervised-only step: same weights, BatchNorm
+    # statistics included (before, the strong unlabeled views went through BatchNorm).
+    batches = [square_batch(30 + i) for i in range(2)]
+    warm = make_trainer(seed=4, tau=0.0, warmup_steps=2)
+    supervised = make_trainer(seed=4, use_unlabeled=False)
+    step_warm, step_supervised = tf.function(warm.train_step), tf.function(supervised.train_step)
+    for b in batches:
+        step_warm(b)
+        step_supervised(b)
+    for a, b in zip(warm.student.weights, supervised.student.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    # after warm-up the unlabeled images are in the student's batch again
+    step_warm(batches[0])
+    step_supervised(batches[0])
+    # (the attention's psi and delta normalise prototypes, not images: those stay equal)
+    images_bn = [i for i, w in enumerate(warm.student.weights)
+                 if "moving_mean" in w.path and "attention" not in w.path]  # fmt: skip
+    assert images_bn
+    for i in images_bn:
+        a, b = warm.student.weights[i].numpy(), supervised.student.weights[i].numpy()
+        assert not np.allclose(a, b), warm.student.weights[i].path
+
+
 def test_warmup_steps_have_no_unlabeled_terms():
     trainer = make_trainer(tau=0.0, warmup_steps=2)
     for step in range(3):
@@ -183,7 +249,7 @@ def test_unlabeled_ground_truth_does_not_leak_into_the_update():
 def test_noise_study_uses_ground_truth_with_the_given_noise():
     trainer = make_trainer(noise_ratio=0.4)
     batch = square_batch(5)
-    labels, mask = trainer._pseudo_labels(batch)
+    labels, mask = trainer.pseudo_labels(batch)
     truth = batch["unlabeled_masks"].numpy()
     assert mask.numpy().min() == 1.0  # every valid ground-truth pixel counts
     changed = labels.numpy() != truth
@@ -313,3 +379,49 @@ def test_mixed_bfloat16_step_keeps_float32_losses_and_weights():
         assert value.dtype == tf.float32 and np.isfinite(float(value)), name
         # bfloat16 keeps 8 bits of mantissa: the same step agrees to a few percent
         assert float(value) == pytest.approx(float(logs["float32"][name]), rel=0.05), name
+
+
+def test_adamw_decays_kernels_decoupled_and_not_bn_or_biases():
+    # Two AdamW steps from the same weights and batch, with and without weight decay: Adam's
+    # update is the same (no decay in the gradient), so they differ by lr * wd * w exactly on
+    # decaying weights and not at all on BatchNorm parameters and biases.
+    batch = square_batch(7)
+    trainers = {}
+    for wd in (0.0, 0.5):
+        keras.utils.set_random_seed(2)
+        student = build_segmenter(NUM_CLASSES, "tiny", num_stages=1, memory_length=2,
+                                  backbone_weights=None, decoder_channels=16)  # fmt: skip
+        trainer = PPLTrainer(student, total_steps=20, weight_decay=wd, backbone_lr_multiplier=1.0)
+        trainer.compile(optimizer="adamw", base_lr=0.01)
+        assert trainer._coupled_weight_decay == 0.0
+        before = [v.numpy().copy() for v in trainer.student.trainable_weights]
+        trainer.train_step(batch)
+        trainers[wd] = trainer
+    lr = 0.01  # the poly schedule at step 0
+    checked = {"kernel": 0, "other": 0}
+    for v0, v1, w, decays in zip(trainers[0.0].student.trainable_weights,
+                                 trainers[0.5].student.trainable_weights, before,
+                                 trainers[0.5]._decays, strict=True):  # fmt: skip
+        difference = v1.numpy() - v0.numpy()
+        if decays:
+            np.testing.assert_allclose(difference, -lr * 0.5 * w, rtol=1e-3, atol=1e-7)
+            checked["kernel"] += 1
+        else:
+            np.testing.assert_array_equal(difference, 0.0)
+            checked["other"] += 1
+    assert checked["kernel"] > 10 and checked["other"] > 10
+
+
+def test_class_histograms_count_labeled_and_passing_pseudo_labels():
+    trainer = make_trainer(tau=0.0)
+    batch = square_batch(8, pad=4)
+    trainer.reset_metrics()
+    trainer.train_step(batch)
+    labeled = np.bincount(batch["labeled_masks"].numpy().ravel(), minlength=NUM_CLASSES)
+    np.testing.assert_allclose(trainer.labeled_classes.counts().numpy(), labeled)
+    np.testing.assert_allclose(trainer.labeled_classes.result().numpy(), labeled / labeled.sum())
+    pseudo, mask = trainer.pseudo_labels(batch)  # the step did not change the teacher's argmax
+    counted = np.bincount(pseudo.numpy()[mask.numpy() > 0], minlength=NUM_CLASSES)
+    assert trainer.pseudo_classes.counts().numpy().sum() == counted.sum() == 2 * SIZE * (SIZE - 4)
+    trainer.reset_metrics()
+    assert trainer.pseudo_classes.counts().numpy().sum() == 0

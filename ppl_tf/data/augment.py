@@ -3,8 +3,8 @@
 Weak view: random scale (0.5-2.0), random crop (labels padded with 255), horizontal flip; the
 image is resized bilinearly, the mask only ever by nearest neighbour. Strong view: the weak view
 plus colour jitter, grayscale and Gaussian blur: the same geometry, other colours. CutMix pastes
-a box of another image of the batch into the strong view; the box travels with the batch so the
-trainer can mix the pseudo-labels identically.
+a box of the partner image (`cutmix_partner`: the previous image of the batch) into the strong
+view; the box travels with the batch so the trainer mixes the pseudo-labels identically.
 
 Every function takes a `seed` of shape (2,) for TensorFlow's stateless random ops.
 """
@@ -18,11 +18,15 @@ def _uniform(seed, minval=0.0, maxval=1.0):
     return tf.random.stateless_uniform([], seed, minval, maxval)
 
 
-def weak_geometry(image, mask, seed, crop_size, scale_range=(0.5, 2.0), flip=True):
+def weak_geometry(
+    image, mask, seed, crop_size, scale_range=(0.5, 2.0), flip=True, with_valid=False
+):
     """Scale, pad, crop and flip `image` (H, W, 3) and `mask` (H, W) together.
 
     Returns a float32 image (crop, crop, 3) in [0, 255] and an int32 mask (crop, crop) whose
-    values are the original mask's values plus IGNORE_LABEL in padded areas.
+    values are the original mask's values plus IGNORE_LABEL in padded areas. With
+    `with_valid`, also a bool map (crop, crop) that is False on padded pixels: an unlabeled
+    image has no mask to mark them, and padding must not receive pseudo-labels.
     """
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
     image = tf.cast(image, tf.float32)
@@ -34,21 +38,29 @@ def weak_geometry(image, mask, seed, crop_size, scale_range=(0.5, 2.0), flip=Tru
         image = tf.image.resize(image, new_size, method="bilinear")
         mask = tf.image.resize(mask, new_size, method="nearest")
     height, width = tf.shape(image)[0], tf.shape(image)[1]
+    valid = tf.ones([height, width, 1], tf.int32)
     pad_h = tf.maximum(crop_size - height, 0)
     pad_w = tf.maximum(crop_size - width, 0)
     image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
     mask = tf.pad(mask, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=IGNORE_LABEL)
+    valid = tf.pad(valid, [[0, pad_h], [0, pad_w], [0, 0]])
     height, width = height + pad_h, width + pad_w
     top = tf.random.stateless_uniform([], seeds[1], 0, height - crop_size + 1, tf.int32)
     left = tf.random.stateless_uniform([], seeds[2], 0, width - crop_size + 1, tf.int32)
     image = image[top : top + crop_size, left : left + crop_size]
     mask = mask[top : top + crop_size, left : left + crop_size]
+    valid = valid[top : top + crop_size, left : left + crop_size]
     if flip:
         do_flip = _uniform(seeds[3]) < 0.5
-        image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
-        mask = tf.cond(do_flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+        image, mask, valid = (
+            tf.cond(do_flip, lambda x=x: tf.reverse(x, [1]), lambda x=x: x)
+            for x in (image, mask, valid)
+        )
     image = tf.ensure_shape(image, [crop_size, crop_size, 3])
-    return image, tf.ensure_shape(mask[..., 0], [crop_size, crop_size])
+    mask = tf.ensure_shape(mask[..., 0], [crop_size, crop_size])
+    if with_valid:
+        return image, mask, tf.ensure_shape(valid[..., 0] > 0, [crop_size, crop_size])
+    return image, mask
 
 
 def _gray(image):
@@ -85,8 +97,20 @@ def gaussian_blur(image, sigma, radius=6):
     return out[0]
 
 
-def strong_photometric(image, seed, p_jitter=0.8, p_gray=0.2, p_blur=0.5):
-    """The strong view's photometric part: colour jitter, grayscale, Gaussian blur."""
+# Blur sigma of the strong view in pixels of a 512-pixel crop (the paper's VOC crop and
+# torchvision's usual 0.1-2.0): it is scaled with the crop, so that a 64-pixel crop is blurred
+# as much relative to its content as a 512-pixel one, not eight times as much.
+BLUR_SIGMA_AT_512 = (0.1, 2.0)
+
+
+def blur_sigma_range(crop_size):
+    scale = crop_size / 512.0
+    return BLUR_SIGMA_AT_512[0] * scale, BLUR_SIGMA_AT_512[1] * scale
+
+
+def strong_photometric(image, seed, p_jitter=0.8, p_gray=0.2, p_blur=0.5, blur_sigma=(0.1, 2.0)):
+    """The strong view's photometric part: colour jitter, grayscale, Gaussian blur (`blur_sigma`
+    in pixels; see `blur_sigma_range`)."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
     image = tf.cond(
         _uniform(seeds[0]) < p_jitter, lambda: color_jitter(image, seeds[1]), lambda: image
@@ -94,13 +118,13 @@ def strong_photometric(image, seed, p_jitter=0.8, p_gray=0.2, p_blur=0.5):
     image = tf.cond(
         _uniform(seeds[2]) < p_gray, lambda: tf.tile(_gray(image), [1, 1, 3]), lambda: image
     )
-    sigma = _uniform(seeds[4], 0.1, 2.0)
+    sigma = _uniform(seeds[4], *blur_sigma)
     image = tf.cond(_uniform(seeds[3]) < p_blur, lambda: gaussian_blur(image, sigma), lambda: image)
     return tf.ensure_shape(image, image.shape)
 
 
 def cutmix_boxes(batch_size, height, width, seed, p=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)):
-    """(B, H, W) bool boxes: True where an image takes the pixels of the next image."""
+    """(B, H, W) bool boxes: True where an image takes the pixels of its `cutmix_partner`."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
     apply = tf.random.stateless_uniform([batch_size], seeds[0]) < p
     box_area = tf.random.stateless_uniform([batch_size], seeds[1], *area) * tf.cast(
@@ -134,6 +158,16 @@ def cutmix_boxes(batch_size, height, width, seed, p=0.5, area=(0.02, 0.4), ratio
     return inside & apply[:, None, None]
 
 
-def apply_cutmix(images, boxes):
-    """Pastes, inside each box, the pixels of the next image in the batch (roll by one)."""
-    return tf.where(boxes[..., None], tf.roll(images, shift=1, axis=0), images)
+def cutmix_partner(values):
+    """The image (or pseudo-label, mask...) whose pixels each batch element takes inside its
+    CutMix box: the previous element of the batch, the first taking the last's."""
+    return tf.roll(values, shift=1, axis=0)
+
+
+def apply_cutmix(values, boxes):
+    """`values` (B, H, W, ...) with each box filled from the `cutmix_partner`. The pipeline
+    mixes the strong images with it and the trainer the pseudo-labels, masks and truths."""
+    boxes = tf.reshape(
+        boxes, tf.concat([tf.shape(boxes), tf.ones([tf.rank(values) - 3], tf.int32)], 0)
+    )
+    return tf.where(boxes, cutmix_partner(values), values)

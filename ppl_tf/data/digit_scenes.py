@@ -15,14 +15,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 CLASS_NAMES = ("background",) + tuple(str(d) for d in range(10))
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: digits keep a luminance contrast (they survive grayscale)
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class DigitSceneConfig:
     clutter: int = 2  # most rectangles and lines drawn on a background
     noise: float = 5.0  # std of the Gaussian pixel noise
     min_contrast: float = 180.0  # least RGB distance between a digit and what it covers
+    # least luminance difference (0-255): the strong view turns 20% of images gray, and a
+    # digit that differs from its background in hue only would vanish there
+    min_luma_contrast: float = 60.0
     stroke_threshold: float = 0.3  # glyph coverage above which a pixel is labeled as the digit
     seed: int = 0
 
@@ -81,14 +84,23 @@ def _place(rng, boxes, side, size, tries=20):
     return None
 
 
-def _contrasting_color(rng, region, min_contrast):
-    """A random colour at least `min_contrast` (RGB distance) from the mean of `region`."""
+LUMA = np.array([0.299, 0.587, 0.114])  # the weights of the strong view's grayscale
+
+
+def _contrasting_color(rng, region, min_contrast, min_luma_contrast=0.0):
+    """A random colour at least `min_contrast` (RGB distance) and `min_luma_contrast`
+    (luminance) away from the mean of `region`."""
     mean = region.reshape(-1, 3).mean(axis=0)
-    for _ in range(20):
+    for _ in range(50 if min_luma_contrast > 0 else 20):
         color = rng.uniform(0, 255, 3)
-        if np.linalg.norm(color - mean) >= min_contrast:
+        if (
+            np.linalg.norm(color - mean) >= min_contrast
+            and abs(float((color - mean) @ LUMA)) >= min_luma_contrast
+        ):
             return color
-    return np.where(mean > 127.5, 0.0, 255.0)  # the far corner of the RGB cube
+    if min_luma_contrast <= 0:  # format 2's scenes, drawn exactly as they were
+        return np.where(mean > 127.5, 0.0, 255.0)  # the far corner of the RGB cube
+    return np.full(3, 0.0 if mean @ LUMA > 127.5 else 255.0)  # black or white, the farther
 
 
 def render_scene(rng, pool, images, targets, config: DigitSceneConfig):
@@ -108,13 +120,20 @@ def render_scene(rng, pool, images, targets, config: DigitSceneConfig):
         glyph = Image.fromarray((images[index] / 16.0 * 255).astype(np.uint8))
         alpha = np.asarray(glyph.resize((side, side), Image.BILINEAR), np.float64) / 255.0
         region = image[y0 : y0 + side, x0 : x0 + side]
-        color = _contrasting_color(rng, region, config.min_contrast)
+        color = _contrasting_color(rng, region, config.min_contrast, config.min_luma_contrast)
         image[y0 : y0 + side, x0 : x0 + side] = (
             region * (1 - alpha[..., None]) + color * alpha[..., None]
         )
         mask[y0 : y0 + side, x0 : x0 + side][alpha > config.stroke_threshold] = targets[index] + 1
     image += rng.normal(0, config.noise, image.shape)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
+
+
+def crowded_scenes(config: DigitSceneConfig = DigitSceneConfig()) -> DigitSceneConfig:
+    """The "crowded" layout: 128x128 scenes with 4-8 digits of 14-22 px (more, smaller digits
+    and more background than the standard 64x64 scenes). The demo's settings were never tuned
+    on it: it checks that they carry over."""
+    return replace(config, size=128, digits_per_scene=(4, 8), digit_size=(14, 22), clutter=4)
 
 
 def class_frequencies(masks_dir):

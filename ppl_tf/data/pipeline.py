@@ -3,6 +3,7 @@
 Trainer batches (DESIGN.md) are dicts of
   labeled_images (B, S, S, 3) float32 in [0, 255], labeled_masks (B, S, S) int32,
   unlabeled_weak and unlabeled_strong (B', S, S, 3) float32 (one geometry, two colourings),
+  unlabeled_valid (B', S, S) bool, False on pixels added by padding (they get no pseudo-label),
   unlabeled_masks (B', S, S) int32 when every unlabeled image has a mask (metrics only),
   unlabeled_cutmix_box (B', S, S) bool when CutMix is on.
 The streams repeat forever and are reproducible from `seed`; `fit` takes steps_per_epoch.
@@ -13,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from ppl_tf.data.augment import apply_cutmix, cutmix_boxes, strong_photometric, weak_geometry
+from ppl_tf.data.augment import (
+    apply_cutmix,
+    blur_sigma_range,
+    cutmix_boxes,
+    strong_photometric,
+    weak_geometry,
+)
 from ppl_tf.data.classes import IGNORE_LABEL
 from ppl_tf.data.sources import Sample, SegmentationSource
 
@@ -26,6 +33,10 @@ class AugmentConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     cutmix: bool = False
     cutmix_p: float = 0.5
+    blur_sigma: tuple[float, float] | None = None  # pixels; None: scaled with the crop
+
+    def strong_blur_sigma(self):
+        return self.blur_sigma or blur_sigma_range(self.crop_size)
 
 
 def decoded_dataset(
@@ -82,15 +93,23 @@ def labeled_stream(
 def unlabeled_stream(
     source, samples, batch_size, augment: AugmentConfig, seed, convert_images=False, cache=False
 ):
-    """Unlabeled batches: dict of weak view, strong view, masks (all 255 where none)."""
+    """Unlabeled batches: dict of weak view, strong view, valid pixels, masks (all 255 where
+    none)."""
     ds = _seeded(_stream(source, samples, seed, convert_images, cache), seed + 1)
 
     def augment_one(example, example_seed):
         image, mask = example
         seeds = tf.random.experimental.stateless_split(example_seed, 2)
-        weak, mask = weak_geometry(image, mask, seeds[0], augment.crop_size, augment.scale_range)
-        strong = strong_photometric(weak, seeds[1])
-        return {"unlabeled_weak": weak, "unlabeled_strong": strong, "unlabeled_masks": mask}
+        weak, mask, valid = weak_geometry(
+            image, mask, seeds[0], augment.crop_size, augment.scale_range, with_valid=True
+        )
+        strong = strong_photometric(weak, seeds[1], blur_sigma=augment.strong_blur_sigma())
+        return {
+            "unlabeled_weak": weak,
+            "unlabeled_strong": strong,
+            "unlabeled_valid": valid,
+            "unlabeled_masks": mask,
+        }
 
     ds = ds.map(augment_one, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)

@@ -1,5 +1,57 @@
+import functools
+
 import keras
 import tensorflow as tf
+
+
+@functools.cache
+def direct_dilated_gradients_supported(dtype="float32"):
+    """Whether this machine's default device has gradients for TF's direct dilated Conv2D.
+
+    The forward Conv2D op takes `dilations` everywhere, but its two gradient kernels do only
+    where oneDNN or cuDNN runs them: on CPUs where TensorFlow uses Eigen (oneDNN off; or
+    bfloat16 without AVX-512, seen on an AMD EPYC with AVX2) `Conv2DBackpropInput/Filter` fail
+    with "Current CPU implementations do not yet support dilation rates larger than 1".
+    Probed once per dtype, eagerly.
+    """
+    with tf.init_scope():  # eager, also when first called while tracing
+        x, kernel, dy = (
+            tf.zeros(shape, dtype) for shape in ([1, 5, 5, 1], [3, 3, 1, 1], [1, 1, 1, 1])
+        )
+        strides, dilations = [1, 1, 1, 1], [1, 2, 2, 1]
+        try:
+            tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=strides,
+                padding="VALID", dilations=dilations,
+            )  # fmt: skip
+            tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=strides,
+                padding="VALID", dilations=dilations,
+            )  # fmt: skip
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            return False
+    return True
+
+
+def _direct_conv(inputs, kernel, rates):
+    return tf.nn.conv2d(inputs, kernel, strides=1, padding="VALID", dilations=rates)
+
+
+def _direct_conv_with_portable_gradient(inputs, kernel, rates):
+    """The direct dilated convolution forward; its gradient through `tf.nn.convolution`'s
+    SpaceToBatch formulation (the same linear map), which every device can differentiate."""
+
+    @tf.custom_gradient
+    def conv(x, k):
+        def grad(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch([x, k])
+                y = tf.nn.convolution(x, k, strides=1, padding="VALID", dilations=rates)
+            return tape.gradient(y, [x, k], output_gradients=upstream)
+
+        return _direct_conv(x, k, rates), grad
+
+    return conv(inputs, tf.convert_to_tensor(kernel))
 
 
 @keras.saving.register_keras_serializable(package="ppl_tf")
@@ -11,6 +63,8 @@ class DilatedConv2D(keras.layers.Conv2D):
     many small ops. TF's Conv2D op takes `dilations` directly. "same" padding is applied as an
     explicit symmetric zero pad followed by a "valid" convolution, so that exported ONNX graphs
     carry explicit pads (ONNX Runtime refuses SAME_UPPER auto-padding with dilation > 1).
+    Where the direct op has no gradient kernel (`direct_dilated_gradients_supported()`), the
+    backward pass goes through the SpaceToBatch formulation; the forward pass stays direct.
 
     Same arguments, weights and results as `keras.layers.Conv2D` (channels-last only); with
     dilation 1 it is exactly `Conv2D`.
@@ -38,10 +92,7 @@ class DilatedConv2D(keras.layers.Conv2D):
                 total = rate * (size - 1)
                 pads.append([total // 2, total - total // 2])
             inputs = tf.pad(inputs, [[0, 0], pads[0], pads[1], [0, 0]])
-        return tf.nn.conv2d(
-            inputs,
-            kernel,
-            strides=1,
-            padding="VALID",
-            dilations=list(self.dilation_rate),
-        )
+        rates = list(self.dilation_rate)
+        if direct_dilated_gradients_supported(inputs.dtype.name):
+            return _direct_conv(inputs, kernel, rates)
+        return _direct_conv_with_portable_gradient(inputs, kernel, rates)

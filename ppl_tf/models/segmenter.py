@@ -19,6 +19,7 @@ def build_segmenter(
     backbone_weights="imagenet",
     use_attention=True,
     decoder_channels=None,
+    aspp_rates=None,
     name=None,
 ):
     """Builds the PPL segmenter of Fig. 3 as a functional `keras.Model`.
@@ -40,6 +41,9 @@ def build_segmenter(
         use_attention: the pulling interaction; False keeps the stages' classifiers and banks
             but leaves the features unrefined ("push only" in Table 3).
         decoder_channels: C of the features f. Defaults to 256 (ResNets) or 64 (tiny).
+        aspp_rates: the three dilation rates of ASPP. Defaults to DeepLabv3+'s (6, 12, 18)
+            at output stride 16 and (12, 24, 36) at 8, made for ~512-px crops; small crops
+            need smaller rates (`default_aspp_rates`).
         name: model name. Defaults to "ppl_<backbone>_n<num_stages>".
 
     Example:
@@ -59,7 +63,14 @@ def build_segmenter(
 
     images = keras.Input((None, None, 3), name="images")
     x = Normalize(mean, std, name="normalize")(images)
-    features = encoder(x, backbone_model, output_stride, channels, low_level_channels)
+    if aspp_rates is not None:
+        if len(aspp_rates) != 3 or len(set(aspp_rates)) != 3:
+            raise ValueError(
+                f"`aspp_rates` must be three different rates. Received: aspp_rates={aspp_rates!r}"
+            )
+        for rate in aspp_rates:
+            check_int("aspp_rates", rate, minimum=1)
+    features = encoder(x, backbone_model, output_stride, channels, low_level_channels, aspp_rates)
     for i in range(1, num_stages + 1):
         _, features = PPLStage(
             num_classes,
