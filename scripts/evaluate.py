@@ -84,7 +84,7 @@ def resolve(args):
 def main(argv=None):
     args = parse_args(argv)
     from ppl_tf.config import ConfigError, dataset_source
-    from ppl_tf.data import DataError, eval_dataset, read_split_list
+    from ppl_tf.data import DataError, SkippedSamples, eval_dataset, read_split_list
     from ppl_tf.evaluation import evaluate, format_table
 
     try:
@@ -98,8 +98,11 @@ def main(argv=None):
             val_ids = read_split_list(source.split_dir / "val.txt")
         else:
             raise DataError(f"{source.root}: no validation list")
-        dataset = eval_dataset(source, val_ids, batch_size=args.batch_size)
+        skipped = SkippedSamples()
+        dataset = eval_dataset(source, val_ids, batch_size=args.batch_size, skipped=skipped)
         results = evaluate(predict, dataset, source.num_classes, args.crop, args.flip)
+        if skipped:  # a score over part of the list would pass for one over all of it
+            raise DataError(f"no score: {skipped.summary()}")
     except (FileNotFoundError, ValueError, ConfigError, DataError) as error:
         return fail(error)
     mode = f"sliding window {args.crop}" if args.crop else "whole image"

@@ -8,6 +8,7 @@ from PIL import Image
 from ppl_tf.data import (
     AugmentConfig,
     DataError,
+    SkippedSamples,
     Splits,
     cityscapes_source,
     custom_source,
@@ -331,8 +332,69 @@ def test_out_of_range_labels_found_by_full_validation_and_pipeline(custom):
         DataError, match="img01.png: mask holds label values outside \\[0, 3\\) and not 255: 37"
     ):
         validate(source, _splits(source), full=True)
-    with pytest.raises(tf.errors.OpError, match="img01.png: mask holds label values"):
-        list(eval_dataset(source, ["img00", "img01"]))
+    # The pipeline never raises (see test_unreadable_samples_are_left_out_and_named_once).
+    skipped = SkippedSamples()
+    list(eval_dataset(source, ["img00", "img01"], skipped=skipped))
+    assert "img01.png: mask holds label values" in skipped.messages["val", "img01"]
+
+
+def truncate(path):
+    """Cuts a file in half: the header stays readable, the pixel data does not."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_unreadable_samples_are_left_out_and_named_once(custom, capsys):
+    # Raised inside tf.data's numpy_function, such an error ended training with a traceback
+    # or hung the process in the iterator's destructor.
+    truncate(custom / "images" / "img10.png")  # unlabeled (no mask)
+    truncate(custom / "images" / "img01.png")  # val
+    source = custom_source(custom)
+    splits = _splits(source)
+    validate(source, splits)  # the header pass cannot see it
+    skipped = SkippedSamples()
+    ds = semi_supervised_dataset(
+        source, splits.labeled, splits.unlabeled, 2, 2, AugmentConfig(crop_size=16),
+        skipped=skipped,
+    )  # fmt: skip
+    for _ in range(8):  # 4 passes over the two readable unlabeled images
+        next(iter(ds))
+    assert list(skipped.messages) == [("unlabeled", "img10")]
+    assert "img10.png: cannot decode the image" in skipped.messages["unlabeled", "img10"]
+    assert capsys.readouterr().err.count("img10.png") == 1
+    # Evaluation keeps the list's length (Keras warns on datasets of unknown length) and
+    # ignores the unreadable image's pixels.
+    val = eval_dataset(source, splits.val, skipped=skipped)
+    assert val.cardinality().numpy() == 2
+    masks = [m.numpy() for _, m in val]
+    assert masks[1].shape == (1, 1, 1) and masks[1][0, 0, 0] == 255
+    assert skipped.count("val") == 1 and len(skipped) == 2
+    assert "img01.png" in skipped.summary() and "img10.png" in skipped.summary()
+
+
+def test_full_pass_of_named_splits_finds_truncated_data_behind_a_good_header(custom):
+    truncate(custom / "images" / "img03.png")  # labeled
+    truncate(custom / "images" / "img10.png")  # unlabeled
+    source = custom_source(custom)
+    with pytest.raises(DataError) as caught:
+        validate(source, _splits(source), full=("labeled", "val"), hint="HOW TO GO ON")
+    message = str(caught.value)
+    assert "img03.png: cannot decode the image (image file is truncated)" in message
+    assert "img10" not in message and message.endswith("\nHOW TO GO ON")
+    kept, report = validate(source, _splits(source), full=True, skip_bad=True)
+    assert report.bad_ids == {"img03", "img10"}
+    assert "img03" not in kept.labeled and "img10" not in kept.unlabeled
+
+
+def test_an_unreadable_mask_does_not_stop_partitioning(custom):
+    # Partitioning reads every mask; validation, not partitioning, names the bad ones (all at
+    # once), and scripts/validate.py --skip-bad can only write lists without them so.
+    (custom / "masks" / "img05.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    source = custom_source(custom)
+    splits = make_splits(source, labeled=4, seed=0)
+    assert "img05" in splits.labeled + splits.unlabeled
+    kept, report = validate(source, splits, skip_bad=True)
+    assert report.bad_ids == {"img05"}
 
 
 def _digest(folder):

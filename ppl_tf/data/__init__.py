@@ -1,7 +1,12 @@
 """Data: sources (VOC, Cityscapes, custom folders, digit scenes), splits, augmentation, tf.data."""
 
 from ppl_tf.data.decode import DataError
-from ppl_tf.data.pipeline import AugmentConfig, eval_dataset, semi_supervised_dataset
+from ppl_tf.data.pipeline import (
+    AugmentConfig,
+    SkippedSamples,
+    eval_dataset,
+    semi_supervised_dataset,
+)
 from ppl_tf.data.sources import (
     SegmentationSource,
     cityscapes_source,
@@ -16,6 +21,7 @@ __all__ = [
     "AugmentConfig",
     "DataError",
     "SegmentationSource",
+    "SkippedSamples",
     "Splits",
     "cityscapes_source",
     "custom_source",

@@ -98,10 +98,19 @@ def labeled_count(spec, total) -> int:
 
 
 def class_presence(source: SegmentationSource, ids) -> dict[str, frozenset]:
-    """For each id, the set of classes its mask contains (reads every mask)."""
+    """For each id, the set of classes its mask contains (reads every mask).
+
+    An unreadable mask counts as holding no class: the validation pass that follows names it
+    together with every other bad file, and `scripts/validate.py --skip-bad` can only write
+    lists without it if partitioning does not stop at it first.
+    """
     presence = {}
     for sample in source.resolve(ids, "train", need_masks=True):
-        mask = source.read_mask(sample)
+        try:
+            mask = source.read_mask(sample)
+        except DataError:
+            presence[sample.id] = frozenset()
+            continue
         presence[sample.id] = frozenset(int(c) for c in np.unique(mask) if c < source.num_classes)
     return presence
 
