@@ -9,6 +9,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from ppl_tf import inference
+from ppl_tf.callbacks import keep_epochs_before
 
 IGNORE_COLOR = (255, 255, 255)  # pixels without a label or below the pseudo-label threshold
 
@@ -86,8 +87,9 @@ class PseudoLabelLog(keras.callbacks.Callback):
     """Per epoch, per class: the share of the pseudo-labels that pass tau next to the share of
     the class in the labeled masks (its prior), and, where the unlabeled images have ground
     truth, the pseudo-labels' precision and recall. Rows go to `csv_path` (one per epoch and
-    class, appended, so a resumed run continues the file) and the plot to `png_path` at the
-    end of training (`plot_pseudo_labels`).
+    class, appended, so a resumed run continues the file; rows of the epochs it trains again
+    are dropped first) and the plot to `png_path` at the end of training
+    (`plot_pseudo_labels`).
 
     The counts are read after each epoch's last step: fit's validation resets the trainer's
     metrics before `on_epoch_end`.
@@ -100,9 +102,11 @@ class PseudoLabelLog(keras.callbacks.Callback):
         super().__init__()
         self.class_names = list(class_names)
         self.csv_path, self.png_path = Path(csv_path), png_path and Path(png_path)
-        self._epoch = 0
+        self._epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._epoch is None:
+            keep_epochs_before(self.csv_path, epoch)
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
