@@ -20,6 +20,7 @@ DATASETS = ("digits", "voc", "cityscapes", "cityscapes_tfds", "custom")
 STRATEGIES = ("auto", "one", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 DIGIT_LAYOUTS = ("standard", "crowded")
+EXPORT_NETWORKS = ("best", "teacher", "student")
 
 
 class ConfigError(ValueError):
@@ -86,7 +87,9 @@ class TrainConfig:
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 | auto
     seed: int = 0
     out: str = "runs/demo"
-    export: bool = True  # export the teacher at the end
+    export: bool = True  # export a network at the end
+    # best: the network (teacher or student) with the higher validation mIoU after training
+    export_network: str = "best"  # best | teacher | student
     export_dir: str = "exported"
     export_name: str | None = None  # default: the run folder's name
     images_to_log: int = 4  # prediction/pseudo-label images per epoch in TensorBoard
@@ -100,6 +103,7 @@ class TrainConfig:
             "optimizer": ("sgd", "adamw"),
             "output_stride": (8, 16),
             "digits_layout": DIGIT_LAYOUTS,
+            "export_network": EXPORT_NETWORKS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -108,11 +112,24 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        for key in ("num_stages", "images_to_log"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be at least 0, got {getattr(self, key)}")
+        for key in ("steps_per_epoch", "eval_crop"):  # null picks the default
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1 or null, got {getattr(self, key)}")
+        if not 0 <= self.tau < 1:
+            raise ConfigError(f"tau: must be in [0, 1), got {self.tau}")
+        if self.noise_ratio is not None and not 0 <= self.noise_ratio <= 1:
+            raise ConfigError(f"noise_ratio: must be in [0, 1] or null, got {self.noise_ratio}")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError(f"scale_min/scale_max: need 0 < min <= max, got {self.scale_min}, "
                               f"{self.scale_max}")  # fmt: skip
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"warmup_epochs: must be in [0, epochs], got {self.warmup_epochs}")
+            raise ConfigError(
+                "warmup_epochs/epochs: need 0 <= warmup_epochs <= epochs, got "
+                f"{self.warmup_epochs}, {self.epochs}"
+            )
         if self.dataset != "digits" and not self.data_dir:
             raise ConfigError(f"data_dir: required for dataset {self.dataset!r}")
         if not 0 <= self.ema_alpha_start <= self.ema_alpha_end <= 1:
@@ -135,6 +152,12 @@ class TrainConfig:
                 f"optimizer={self.optimizer!r} with backbone_lr_multiplier="
                 f"{self.backbone_lr_multiplier}: the multiplier scales gradients, a learning-rate "
                 "factor for sgd only; set backbone_lr_multiplier=1 or optimizer=sgd"
+            )
+        if self.noise_ratio is not None and not self.use_unlabeled:
+            raise ConfigError(
+                f"noise_ratio={self.noise_ratio} with use_unlabeled=false: the noisy ground truth "
+                "replaces pseudo-labels, which a supervised-only run has none of; set "
+                "use_unlabeled=true or noise_ratio=null"
             )
         if self.backbone == "tiny" and self.backbone_weights is not None:
             raise ConfigError(

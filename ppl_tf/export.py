@@ -106,6 +106,20 @@ def next_version(export_dir):
     return max(versions, default=0) + 1
 
 
+NETWORK_CHOICES = ("best", "teacher", "student")
+
+
+def choose_network(choice, scores):
+    """The network to export: `choice` itself ("teacher" or "student"), or for "best" the one
+    of higher validation mIoU in `scores` ({"teacher": ..., "student": ...}; teacher on a tie).
+    """
+    if choice not in NETWORK_CHOICES:
+        raise ValueError(f"`choice` must be one of {NETWORK_CHOICES}. Received: {choice!r}")
+    if choice != "best":
+        return choice
+    return "student" if scores["student"] > scores["teacher"] else "teacher"
+
+
 def model_normalisation(model):
     """(mean, std) per RGB channel of the model's "normalize" layer, as plain lists."""
     layer = model.get_layer("normalize")
@@ -124,6 +138,8 @@ def export_model(
     network="teacher",
     onnx=True,
     verbose=True,
+    network_choice=None,
+    validation_miou=None,
 ):
     """Writes the SavedModel, the ONNX model and metadata.json into `export_dir/<version>/`.
 
@@ -138,6 +154,10 @@ def export_model(
         source_checkpoint: the file the weights came from (saved in the metadata).
         network: "teacher" or "student" (saved in the metadata).
         onnx: also write and verify `model.onnx`.
+        network_choice: how `network` was chosen ("best", "teacher" or "student"; see
+            `choose_network`), saved in the metadata.
+        validation_miou: the validation mIoU of both networks, {"teacher": ..., "student":
+            ...}, saved in the metadata.
 
     Returns:
         The version folder (a Path).
@@ -184,6 +204,8 @@ def export_model(
         "package_version": ppl_tf.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "network": network,
+        "network_choice": network_choice,
+        "validation_miou": validation_miou,
         "source_checkpoint": None if source_checkpoint is None else str(source_checkpoint),
         "num_classes": num_classes,
         "class_names": list(class_names),

@@ -1,13 +1,16 @@
 """Export a trained model for TF Serving (SavedModel), ONNX Runtime (ONNX) and scripts/predict.py.
 
-    python scripts/export.py runs/demo          # the run's teacher -> exported/demo/<version>/
+    python scripts/export.py runs/demo          # the run's choice -> exported/demo/<version>/
     python scripts/export.py runs/demo --network student --name digits --version 3
     python scripts/export.py path/to/teacher.keras --name mymodel
 
 A run folder is what scripts/train.py writes: `teacher.keras` / `student.keras` (the best
-checkpoint by teacher mIoU), `config.json` and `dataset.json` (class names and palette). The
-version folder gets `saved_model.pb` + `variables/`, `model.onnx` (checked in ONNX Runtime) and
-`metadata.json`. An existing version is never overwritten.
+checkpoint by teacher mIoU), `config.yaml`, `dataset.json` (class names and palette) and
+`metrics.json` (both networks' validation mIoU). `--network` defaults to the run's
+`export_network` (default "best": the network of higher validation mIoU). The version folder
+gets `saved_model.pb` + `variables/`, `model.onnx` (checked in ONNX Runtime) and
+`metadata.json` (with the run's config, so that scripts/evaluate.py finds the dataset). An
+existing version is never overwritten.
 """
 
 import argparse
@@ -23,7 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", help="a run folder from train.py or a .keras model file")
-    parser.add_argument("--network", choices=("teacher", "student"), default="teacher")
+    parser.add_argument(
+        "--network",
+        choices=("best", "teacher", "student"),
+        help="default: the run's export_network (best: higher validation mIoU); teacher for a "
+        ".keras file",
+    )
     parser.add_argument("--name", help="model name (default: the run's name or the file stem)")
     parser.add_argument("--out", default="exported", help="root of TF Serving's model folders")
     parser.add_argument("--version", type=int, help="version number (default: next free)")
@@ -31,37 +39,56 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def resolve_source(source, network):
-    """(model file, run folder or None) for a run folder or a .keras file."""
-    source = Path(source)
-    if source.is_dir():
-        model_file = source / f"{network}.keras"
-        if not model_file.is_file():
-            raise FileNotFoundError(f"{model_file}: no {network} model in this run folder")
-        return model_file, source
-    if source.is_file() and source.suffix == ".keras":
-        return source, None
-    raise FileNotFoundError(f"{source}: expected a run folder or a .keras file")
-
-
 def load_json(path):
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
-def export_run(source, network="teacher", name=None, out="exported", version=None, onnx=True):
+def run_choice(run, network):
+    """(network, choice, {network: validation mIoU} or None, config dict) of a run folder."""
+    from ppl_tf.config import load_config
+    from ppl_tf.export import choose_network
+
+    config_file = run / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: not found; is {run} a run folder of train.py?")
+    config = load_config(config_file)  # a ConfigError names the file and the key
+    choice = network or config.export_network
+    metrics = load_json(run / "metrics.json")
+    scores = metrics and {n: metrics[f"{n}_miou"] for n in ("teacher", "student")}
+    if choice == "best" and scores is None:
+        raise FileNotFoundError(
+            f"{run / 'metrics.json'}: not found, so the better network is unknown (did the run "
+            "finish?); pass --network teacher or --network student"
+        )
+    return choose_network(choice, scores), choice, scores, config.to_dict()
+
+
+def export_run(source, network=None, name=None, out="exported", version=None, onnx=True):
     """Loads the model of `source` and exports it; returns the version folder."""
     import keras
 
     import ppl_tf.layers  # noqa: F401  (registers the custom layers for loading)
     from ppl_tf.export import export_model
 
-    model_file, run = resolve_source(source, network)
+    source = Path(source)
+    if source.is_dir():
+        run = source
+        network, choice, scores, config = run_choice(run, network)
+        model_file = run / f"{network}.keras"
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{model_file}: no {network} model in this run folder")
+    elif source.is_file() and source.suffix == ".keras":
+        if network == "best":
+            raise ValueError(f"{source}: --network best needs a run folder, not a model file")
+        run, model_file, config, scores = None, source, None, None
+        network = choice = network or "teacher"
+    else:
+        raise FileNotFoundError(f"{source}: expected a run folder or a .keras file")
     try:
         model = keras.saving.load_model(model_file, compile=False)
     except Exception as error:  # Keras raises several types for unreadable archives
         raise ValueError(f"{model_file}: cannot load the model ({error})") from error
     dataset = load_json(run / "dataset.json") if run else None
-    config = load_json(run / "config.json") if run else None
     name = name or (run.resolve().name if run else model_file.stem)
     return export_model(
         model,
@@ -73,6 +100,8 @@ def export_run(source, network="teacher", name=None, out="exported", version=Non
         source_checkpoint=model_file,
         network=network,
         onnx=onnx,
+        network_choice=choice,
+        validation_miou=scores,
     )
 
 
