@@ -273,15 +273,16 @@ class PPLTrainer(keras.Model):
         return 0.0 if isinstance(self.optimizer, keras.optimizers.AdamW) else self.weight_decay
 
     # --------------------------------------------------------- distribution workarounds
-    # keras-team/keras#20585: under MultiWorkerMirroredStrategy, `fit` first reduces one
-    # distributed batch with `strategy.reduce(..., axis=None)` to build the model symbolically,
-    # which fails for dict batches. This trainer builds everything itself (networks in
-    # __init__, the optimizer in compile), so the symbolic build has nothing to do: skip it.
+    # keras-team/keras#20585: under a distribution strategy, `fit` first reduces one
+    # distributed batch with `strategy.reduce("MEAN", ..., axis=None)` to build the model
+    # symbolically, which fails for dict batches under MultiWorkerMirroredStrategy and, under
+    # MirroredStrategy, for the bool `unlabeled_valid` (AddN has no bool kernel). This trainer
+    # builds everything itself (networks in __init__, the optimizer in compile), so the
+    # symbolic build has nothing to do: skip it.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            layers_built = all(layer.built for layer in self._flatten_layers())
-            if layers_built and (self.optimizer is None or self.optimizer.built):
-                return
+        layers_built = all(layer.built for layer in self._flatten_layers())
+        if layers_built and (self.optimizer is None or self.optimizer.built):
+            return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # Second part of #20585: under MultiWorkerMirroredStrategy, Keras reduces the per-replica
