@@ -1,4 +1,4 @@
-"""Train PPL (semi-supervised segmentation), evaluate teacher and student, export the teacher.
+"""Train PPL (semi-supervised segmentation), evaluate teacher and student, export the better.
 
     python scripts/train.py                                   # the demo: digit scenes, 1/16 labels
     python scripts/train.py --config configs/voc_r50.yaml data_dir=/data/VOCdevkit/VOC2012
@@ -11,14 +11,21 @@ config file). A run folder (`out`) gets: config.yaml (resolved), splits/, log.cs
 best.weights.h5 (by teacher mIoU), backup/ (BackupAndRestore: rerun the same command after an
 interruption to resume), predictions/ (a PNG per epoch), predictions.png, curves.png,
 pseudo_labels.csv/.png (per epoch and class: pseudo-label share beside the labeled share),
-teacher.keras, student.keras, dataset.json and metrics.json; then the teacher is exported to
+teacher.keras, student.keras, dataset.json and metrics.json; then the network that
+`export_network` names (default: the one of higher validation mIoU) is exported to
 `export_dir/<export_name>/<version>/` (SavedModel + ONNX).
+
+Before any data is read the config is checked as a whole (exit 2 naming the keys); before
+training, the labeled and val files are decoded and any bad one stops the run (exit 2, each
+named, with the commands that go on without them). Unlabeled images that turn out undecodable
+during training are left out with a warning naming each, and counted at the end.
 """
 
 import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,10 +52,34 @@ def fail(message, code=2):
     return code
 
 
-def load_data(config, out, write):
-    """(source, splits) of the configured dataset; writes the split lists into the run."""
+def clean_splits_hint(args, out):
+    """The commands that go on without the bad samples: scripts/validate.py writes split
+    lists that leave them out, and `labeled=<folder>` trains on a folder's lists."""
+    python = shlex.quote(sys.executable)
+    scripts = Path(os.path.relpath(ROOT / "scripts"))
+    config = ["--config", args.config] if args.config else []
+    strategy = ["--strategy", args.strategy] if args.strategy else []
+    replicas = ["--cpu-replicas", str(args.cpu_replicas)] if args.cpu_replicas else []
+    clean = str(Path(out) / "clean_splits")
+    validate = [*config, "--full", "--skip-bad", "--write-splits", clean, *args.overrides]
+    train = [*config, *strategy, *replicas, *args.overrides, f"labeled={clean}"]
+    return (
+        "To train without them, write split lists that leave them out and train on those:\n"
+        f"  {python} {shlex.quote(str(scripts / 'validate.py'))} {shlex.join(validate)}\n"
+        f"  {python} {shlex.quote(str(scripts / 'train.py'))} {shlex.join(train)}"
+    )
+
+
+def load_data(config, out, write, hint=None):
+    """(source, splits) of the configured dataset; writes the split lists into the run.
+
+    Every file's header is read and the labeled and val files are decoded (a header can be
+    intact in front of truncated data); a bad one is a DataError naming each, ending in
+    `hint`. Unlabeled images are decoded only as training reads them (the pipeline leaves out
+    those that fail): they are most of the data.
+    """
     from ppl_tf.config import dataset_source
-    from ppl_tf.data import Splits, make_splits, validate
+    from ppl_tf.data import DataError, Splits, make_splits, validate
 
     source = dataset_source(config, verbose=write)
     labeled = "1/1" if config.labeled == "all" else config.labeled
@@ -57,7 +88,19 @@ def load_data(config, out, write):
     )
     if not splits.unlabeled:  # every image labeled: the unlabeled stream reuses them
         splits = Splits(splits.labeled, splits.labeled, splits.val)
-    splits, report = validate(source, splits)
+    start = time.perf_counter()
+    splits, report = validate(source, splits, full=("labeled", "val"), hint=hint)
+    if time.perf_counter() - start > 5:
+        print(f"data: checked {report.checked} samples in {time.perf_counter() - start:.0f} s")
+    if config.noise_ratio is not None:
+        unlabeled = source.resolve(splits.unlabeled, "unlabeled")
+        missing = [s.id for s in unlabeled if not s.has_mask]
+        if missing:
+            raise DataError(
+                f"noise_ratio={config.noise_ratio}: the noise study draws pseudo-labels from "
+                f"the unlabeled images' ground truth, but {len(missing)} have no mask "
+                f"(e.g. {missing[0]}); set noise_ratio=null"
+            )
     return source, splits
 
 
@@ -131,7 +174,19 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from ppl_tf.data import AugmentConfig, DataError, eval_dataset, semi_supervised_dataset
+    from ppl_tf.callbacks import (
+        AtomicBackupAndRestore,
+        BestCheckpoint,
+        EpochCSVLogger,
+        ShortProgbarLogger,
+    )
+    from ppl_tf.data import (
+        AugmentConfig,
+        DataError,
+        SkippedSamples,
+        eval_dataset,
+        semi_supervised_dataset,
+    )
     from ppl_tf.distribute import StrategyError, is_chief, make_strategy
     from ppl_tf.evaluation import evaluate, format_table, keras_predictor
     from ppl_tf.visualize import ImageLogger, PseudoLabelLog, plot_curves, save_prediction_grid
@@ -145,15 +200,18 @@ def main(argv=None):
     # Non-chief workers run the same callbacks into a scratch folder nobody reads.
     work = out if chief else out / f".worker_{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
     work.mkdir(parents=True, exist_ok=True)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        return fail(
+            f"batch_size={config.batch_size} is not divisible by the {replicas} replicas of "
+            f"strategy={config.strategy}"
+        )
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config)
     try:
-        source, splits = load_data(config, work, write=chief)
+        source, splits = load_data(config, work, write=chief, hint=clean_splits_hint(args, out))
     except DataError as error:
         return fail(f"data error: {error}")
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        return fail(f"batch_size {config.batch_size} is not divisible by {replicas} replicas")
     unlabeled = splits.unlabeled
     distinct = len(set(splits.labeled) | set(splits.unlabeled))
     steps_per_epoch = config.steps_per_epoch or math.ceil(distinct / config.batch_size)
@@ -180,26 +238,23 @@ def main(argv=None):
         cutmix=config.cutmix,
         blur_sigma=tuple(config.blur_sigma) if config.blur_sigma else None,
     )
+    skipped = SkippedSamples()
     train = semi_supervised_dataset(
         source, splits.labeled, unlabeled, config.batch_size, config.batch_size, augment,
-        seed=config.seed, cache=config.dataset == "digits",
+        seed=config.seed, cache=config.dataset == "digits", skipped=skipped,
     )  # fmt: skip
-    val = eval_dataset(source, splits.val, batch_size=config.eval_batch_size, cache=True)
+    val = eval_dataset(
+        source, splits.val, batch_size=config.eval_batch_size, cache=True, skipped=skipped
+    )
     trainer = build(config, source, strategy, total_steps, config.warmup_epochs * steps_per_epoch)
     # A few val images for the per-epoch images (if any) and the final grid.
     val_images, val_masks = next(iter(val.unbatch().batch(config.images_to_log or 4)))
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(work / "backup")),
+        ShortProgbarLogger(),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(str(work / "log.csv"), append=True),
+        EpochCSVLogger(str(work / "log.csv")),
         keras.callbacks.TensorBoard(str(work / "tensorboard")),
-        keras.callbacks.ModelCheckpoint(
-            str(work / "best.weights.h5"),
-            monitor="val_teacher_miou",
-            mode="max",
-            save_best_only=True,
-            save_weights_only=True,
-        ),  # fmt: skip
+        BestCheckpoint(work / "best.weights.h5", monitor="val_teacher_miou"),
     ]
     if chief and config.use_unlabeled:
         pseudo_log = PseudoLabelLog(
@@ -217,6 +272,8 @@ def main(argv=None):
                 tau=config.tau,
             )  # fmt: skip
         )
+    # Last: an epoch is backed up (counts as done) only once everything it writes is written.
+    callbacks.append(AtomicBackupAndRestore(str(work / "backup")))
     start = time.perf_counter()
     history = trainer.fit(
         train,
@@ -227,6 +284,8 @@ def main(argv=None):
         verbose=1 if chief else 0,
     )
     train_seconds = time.perf_counter() - start
+    if skipped:  # also in metrics.json; val images were decoded at start, so hardly ever val
+        print(f"data: {skipped.summary()}", file=sys.stderr)
     losses = history.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
         return fail(
@@ -261,6 +320,8 @@ def main(argv=None):
         "train_seconds": round(train_seconds, 1),
         "checkpoint": str(best if best.is_file() else "last epoch"),
         "eval": {"crop": config.eval_crop, "flip": config.eval_flip},
+        "skipped_samples": {f"{split}/{sample_id}": message
+                            for (split, sample_id), message in skipped.messages.items()},
     }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     table = format_table(
@@ -282,21 +343,27 @@ def main(argv=None):
         f"{100 * metrics['student_miou']:.2f} after {steps} steps ({train_seconds / 60:.1f} min)"
     )
     if config.export:
-        from ppl_tf.export import export_model
+        from ppl_tf.export import choose_network, export_model
 
+        scores = {n: metrics[f"{n}_miou"] for n in ("teacher", "student")}
+        network = choose_network(config.export_network, scores)
+        model = getattr(trainer, network)
         keras.mixed_precision.set_global_policy("float32")
         target = export_model(
-            trainer.teacher
-            if policy == "float32"
-            else _float32_copy(config, source, trainer.teacher),
+            model if policy == "float32" else _float32_copy(config, source, model),
             Path(config.export_dir) / (config.export_name or out.resolve().name),
             class_names=source.class_names,
             palette=source.palette,
             model_config=config.to_dict(),
-            source_checkpoint=out / "teacher.keras",
-            network="teacher",
+            source_checkpoint=out / f"{network}.keras",
+            network=network,
+            network_choice=config.export_network,
+            validation_miou=scores,
         )
-        print(f"exported: {target}")
+        print(
+            f"exported the {network} (export_network={config.export_network}; val mIoU teacher "
+            f"{100 * scores['teacher']:.2f}, student {100 * scores['student']:.2f}): {target}"
+        )
     return 0
 
 

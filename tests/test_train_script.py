@@ -4,12 +4,14 @@ import csv
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +78,8 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
     )
     assert evaluate.main([str(export.parent), "--json", str(tmp_path / "saved.json")]) == 0
     saved = json.loads((tmp_path / "saved.json").read_text())["miou"]
-    assert saved == pytest.approx(metrics["teacher_miou"], abs=1e-3)
+    network = json.loads((export / "metadata.json").read_text())["network"]  # the better one
+    assert saved == pytest.approx(metrics[f"{network}_miou"], abs=1e-3)
     assert evaluate.main([str(out), "--crop", "48", "--flip"]) == 0
     assert "sliding window 48 + flip" in capsys.readouterr().out
 
@@ -208,3 +211,298 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
     assert chief.keys() == other.keys() and len(chief) > 100
     for name in chief:
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
+
+
+# --- issue 13: what a new user hit -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, keys",
+    [
+        (["--config", "configs/voc_r50.yaml", "optimizer=adamw"],
+         ("optimizer='adamw'", "backbone_lr_multiplier=0.1")),
+        (["backbone_lr_multiplier=0.5"], ("optimizer='adamw'", "backbone_lr_multiplier=0.5")),
+        (["backbone=tiny", "backbone_weights=imagenet"], ("backbone=tiny", "backbone_weights")),
+        (["noise_ratio=0.2", "use_unlabeled=false"], ("noise_ratio=0.2", "use_unlabeled=false")),
+        (["warmup_epochs=12", "epochs=10"], ("warmup_epochs/epochs", "12, 10")),
+        (["tau=1.5"], ("tau",)),
+        (["eval_crop=0"], ("eval_crop",)),
+        (["export_network=both"], ("export_network",)),
+    ],
+)  # fmt: skip
+def test_config_mistakes_stop_before_any_data_is_read(argv, keys, capsys, monkeypatch):
+    train = load_script("train")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the config was checked")
+
+    monkeypatch.setattr(train, "load_data", no_data)
+    monkeypatch.chdir(ROOT)
+    assert train.main([*argv, "data_dir=/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train.py: "), err
+    for key in keys:
+        assert key in err
+
+
+def make_folder(root, n=14, without_masks=3, size=(24, 32)):
+    """A custom-format dataset: n images, the last `without_masks` unlabeled, 2 val."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks", "splits"):
+        (root / sub).mkdir(parents=True)
+    (root / "classes.txt").write_text("background\nred\nblue\n")
+    for i in range(n):
+        mask = np.zeros(size, np.uint8)
+        mask[4:12, 4:14], mask[14:20, 16:28] = 1, 2
+        image = rng.integers(0, 60, (*size, 3)).astype(np.uint8)
+        image[mask == 1], image[mask == 2] = (220, 20, 20), (20, 20, 220)
+        Image.fromarray(image).save(root / "images" / f"img{i:02d}.png")
+        if i < n - without_masks:
+            Image.fromarray(mask).save(root / "masks" / f"img{i:02d}.png")
+    (root / "splits" / "val.txt").write_text("img00\nimg01\n")
+    return root
+
+
+def truncate(path):
+    """Half of the file: the header still reads, the pixel data does not (the start-up check
+    used to read only headers)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def folder_run(tmp_path, data, out="run", **extra):
+    values = {
+        "dataset": "custom", "data_dir": data, "labeled": 4, "crop_size": 16, "epochs": 2,
+        "steps_per_epoch": 3, "warmup_epochs": 0, "batch_size": 2, "eval_batch_size": 4,
+        "export": False, "images_to_log": 0, "out": tmp_path / out,
+    }  # fmt: skip
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+TIME_LIMIT = 180  # seconds; the failure this guards against is a process that never ends
+
+
+def run_script(argv, cwd=ROOT):
+    """Runs a command in a subprocess with a time limit; a hang fails the test."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    try:
+        return subprocess.run(
+            argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=TIME_LIMIT
+        )
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"{argv[1]} did not end within {TIME_LIMIT} s: {error.stderr!r}"[-3000:])
+
+
+@pytest.mark.slow
+def test_corrupt_unlabeled_image_is_skipped_with_a_warning_not_a_hang(tmp_path):
+    data = make_folder(tmp_path / "data")
+    bad = data / "images" / "img13.png"  # no mask: unlabeled
+    truncate(bad)
+    argv = [sys.executable, str(ROOT / "scripts" / "train.py"), *folder_run(tmp_path, data)]
+    result = run_script(argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: unlabeled sample left out: {bad}: cannot decode the image "
+                        "(image file is truncated)"]  # fmt: skip
+    assert "data: 1 sample(s) could not be read and were left out:" in result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and list(metrics["skipped_samples"]) == ["unlabeled/img13"]
+
+
+@pytest.mark.slow
+def test_corrupt_labeled_image_is_refused_with_commands_that_go_on(tmp_path):
+    from ppl_tf.data import custom_source, make_splits
+
+    data = make_folder(tmp_path / "data")
+    labeled = make_splits(custom_source(data), 4, seed=0).labeled  # what train.py draws
+    bad = data / "images" / f"{labeled[0]}.png"
+    truncate(bad)
+    argv = [sys.executable, str(ROOT / "scripts" / "train.py"), *folder_run(tmp_path, data)]
+    result = run_script(argv, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"{bad}: cannot decode the image (image file is truncated)" in result.stderr
+    assert not (tmp_path / "run" / "log.csv").exists()  # refused before training
+    # The hint is two commands; run them as a user would paste them.
+    lines = result.stderr.splitlines()
+    start = lines.index("To train without them, write split lists that leave them out and "
+                        "train on those:")  # fmt: skip
+    validate, train = (shlex.split(line) for line in lines[start + 1 : start + 3])
+    assert validate[1].endswith("validate.py") and "--skip-bad" in validate
+    checked = run_script(validate, cwd=tmp_path)
+    assert checked.returncode == 1 and "1 bad" in checked.stdout, checked.stderr[-2000:]
+    clean = tmp_path / "run" / "clean_splits"
+    assert labeled[0] not in (clean / "labeled.txt").read_text().split()
+    trained = run_script(train, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "3 labeled" in trained.stdout
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """(run folder, what train.py printed, tmp folder) of one tiny run with the default
+    export."""
+    import contextlib
+    import io
+
+    tmp_path = tmp_path_factory.mktemp("finished")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = load_script("train").main(tiny_run(tmp_path, images_to_log=0))
+    assert code == 0
+    return tmp_path / "run", printed.getvalue(), tmp_path
+
+
+def visible_lines(text):
+    """The lines a terminal shows of Keras' progress output (colour codes and the
+    backspaces and carriage returns that redraw the bar removed)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).replace("\b", "")
+    return [line for part in text.split("\n") for line in part.split("\r")]
+
+
+@pytest.mark.slow
+def test_progress_bar_is_short_and_the_log_keeps_every_metric(finished_run):
+    run, printed, _ = finished_run
+    bars = [line for line in visible_lines(printed) if "/step" in line]
+    assert bars and max(map(len, bars)) < 140, max(bars, key=len)
+    assert all("loss_labeled" in bar and "mask_ratio" in bar for bar in bars)
+    assert "loss_contrast" not in printed and "lr_head" not in printed
+    columns = set(log_rows(run / "log.csv")[0])
+    assert columns >= {"loss", "loss_labeled", "loss_unlabeled_ce", "loss_contrast",
+                       "loss_contrast_1", "loss_contrast_2", "mask_ratio", "ema_alpha",
+                       "lr_head", "lr_backbone", "pseudo_miou", "pseudo_recall",
+                       "val_teacher_miou", "val_student_miou"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_better_network_is_exported_with_both_scores(finished_run):
+    from ppl_tf.export import choose_network
+
+    run, printed, tmp_path = finished_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    scores = {"teacher": metrics["teacher_miou"], "student": metrics["student_miou"]}
+    metadata = json.loads((tmp_path / "exported" / "digits" / "1" / "metadata.json").read_text())
+    expected = "student" if scores["student"] > scores["teacher"] else "teacher"
+    assert metadata["network"] == expected and metadata["network_choice"] == "best"
+    assert metadata["validation_miou"] == scores
+    assert metadata["source_checkpoint"].endswith(f"{expected}.keras")
+    assert f"exported the {expected} (export_network=best" in printed
+    assert choose_network("best", {"teacher": 0.479, "student": 0.518}) == "student"
+    assert choose_network("best", {"teacher": 0.5, "student": 0.5}) == "teacher"
+    assert choose_network("teacher", {"teacher": 0.1, "student": 0.9}) == "teacher"
+
+
+@pytest.mark.slow
+def test_run_folder_round_trips_through_export_evaluate_and_predict(finished_run, tmp_path):
+    import yaml
+
+    run, _, _ = finished_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    export = load_script("export")
+    exported = tmp_path / "exported"
+    argv = [str(run), "--network", "teacher", "--name", "digits2", "--out", str(exported)]
+    assert export.main(argv) == 0
+    version = exported / "digits2" / "1"
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata["model_config"] == yaml.safe_load((run / "config.yaml").read_text())
+    result = tmp_path / "eval.json"
+    assert load_script("evaluate").main([str(version.parent), "--json", str(result)]) == 0
+    miou = json.loads(result.read_text())["miou"]
+    assert miou == pytest.approx(metrics["teacher_miou"], abs=1e-3)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    val_id = (run / "splits" / "val.txt").read_text().split()[0]
+    root = Path(json.loads((run / "dataset.json").read_text())["root"])
+    (images / "scene.png").write_bytes((root / "images" / f"{val_id}.png").read_bytes())
+    masks = tmp_path / "masks"
+    assert load_script("predict").main([str(version.parent), str(images), "--out", str(masks)]) == 0
+    assert (masks / "scene_mask.png").is_file()
+
+    # Without --network: the run's export_network (config.yaml), here edited to "student".
+    config = (run / "config.yaml").read_text().replace("export_network: best",
+                                                       "export_network: student")  # fmt: skip
+    edited = tmp_path / "edited_run"
+    edited.mkdir()
+    for name in ("dataset.json", "metrics.json", "student.keras"):
+        (edited / name).write_bytes((run / name).read_bytes())
+    (edited / "config.yaml").write_text(config)
+    assert export.main([str(edited), "--out", str(exported), "--no-onnx"]) == 0
+    metadata = json.loads((exported / "edited_run" / "1" / "metadata.json").read_text())
+    assert metadata["network"] == "student" and metadata["network_choice"] == "student"
+    assert metadata["validation_miou"]["student"] == metrics["student_miou"]
+
+
+@pytest.mark.slow
+def test_truncated_backup_from_a_kill_is_set_aside_and_the_run_finishes(tmp_path, capsys):
+    # What Keras' BackupAndRestore left when killed while writing the backup after epoch 2:
+    # a truncated weights file, its metadata from epoch 1, the log row of epoch 1.
+    run = tmp_path / "run"
+    (run / "backup").mkdir(parents=True)
+    (run / "backup" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(4000))
+    (run / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    (run / "log.csv").write_text("epoch,loss\n0,1.5\n")
+    overrides = tiny_run(tmp_path, epochs=3, export=False, images_to_log=0)
+    assert load_script("train").main(overrides) == 0  # before: OSError on every rerun
+    err = capsys.readouterr().err
+    assert "latest.weights.h5 cannot be read" in err and "starts at epoch 1" in err
+    assert [r["epoch"] for r in log_rows(run / "log.csv")] == ["0", "1", "2"]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 9
+    assert list(run.glob("backup*")) == []  # removed at the end, the set-aside file with it
+
+
+def has_epoch(path):
+    """Whether `path` is a complete backup of AtomicBackupAndRestore (opened without the lock
+    that would stop a writer)."""
+    import h5py
+
+    from ppl_tf.callbacks import EPOCH_ATTR
+
+    try:
+        with h5py.File(path, "r", locking=False) as handle:
+            return EPOCH_ATTR in handle.attrs
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigkill_while_the_backup_is_written_leaves_a_resumable_run(tmp_path):
+    overrides = tiny_run(tmp_path, epochs=4, warmup_epochs=1, export=False, images_to_log=0)
+    argv = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    backup = tmp_path / "run" / "backup"
+    latest = backup / "latest.weights.h5"
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    complete = None  # (mtime, size) of a backup known to be complete
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        try:
+            names = set(os.listdir(backup))
+            stat = latest.stat()
+        except FileNotFoundError:
+            time.sleep(0.002)
+            continue
+        writing = any(name.startswith(".partial") for name in names)
+        if complete is None:
+            if not writing and ("training_metadata.json" in names or has_epoch(latest)):
+                complete = (stat.st_mtime_ns, stat.st_size)
+        # Kill as soon as the next backup is being written: a new temporary file (atomic
+        # backups) or the backup itself changing (Keras' own, written in place).
+        elif writing or (stat.st_mtime_ns, stat.st_size) != complete:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    process.wait()
+    assert complete is not None and process.returncode == -signal.SIGKILL, (
+        process.stderr.read().decode()[-2000:]
+    )
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [int(r["epoch"]) for r in log_rows(tmp_path / "run" / "log.csv")] == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 4 * 3
