@@ -4,6 +4,8 @@
 
 Every key of a file or override must be a field of `TrainConfig`; an unknown key, a value of
 the wrong type or an invalid choice is a `ConfigError` naming the file (or override) and the key.
+So is a combination of keys that cannot work together (`TrainConfig.__post_init__` holds every
+rule that involves more than one key), so that a run stops before it reads any data.
 `configs/demo.yaml` holds the defaults of `scripts/train.py` without arguments.
 """
 
