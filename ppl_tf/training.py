@@ -15,6 +15,7 @@ Distribution: every loss is a sum divided by a count all-reduced over replicas, 
 the replicas' gradients (Keras' optimizer all-reduces them) is the gradient of the global mean.
 """
 
+import contextlib
 import math
 
 import keras
@@ -338,54 +339,46 @@ class PPLTrainer(keras.Model):
         return labels, tf.cast(valid, tf.float32)
 
     def _terms_and_gradients(self, batch, targets):
-        """Phase 2: the loss terms (a dict) and the student's gradients. During warm-up the
-        student sees the labeled images alone and the unlabeled terms are 0."""
-        if targets is None or self.warmup_steps <= 0:
-            return self._gradients(batch, targets)
-        warm = self.optimizer.iterations < self.warmup_steps
-        return tf.cond(
-            warm, lambda: self._gradients(batch, None), lambda: self._gradients(batch, targets)
-        )
-
-    def _gradients(self, batch, targets):
+        """Phase 2: the loss terms (a dict) and the student's gradients."""
         variables = self.student.trainable_weights
         with tf.GradientTape() as tape:
             terms = self.losses_of(batch, targets)
         grads = tape.gradient(terms["loss"], variables)
-        # A weight that no loss reached (possible in ablations) gets a zero gradient, so both
-        # branches of the warm-up switch return the same structure.
+        # A weight that no loss reached (possible in ablations) gets a zero gradient.
         grads = [
             tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)
         ]
         return terms, grads
 
+    def _in_warmup(self):
+        return self.optimizer.iterations < self.warmup_steps
+
     def losses_of(self, batch, targets):
         """L = L_l + lambda * L_u (Eq. 5-7) of the student on this batch, with every term.
 
         `targets` (pseudo-labels, mask) switch the unlabeled terms on; with None the student
-        runs on the labeled images alone and the unlabeled terms are 0.
+        runs on the labeled images alone and the unlabeled terms are 0. During warm-up the
+        unlabeled terms are 0 and the strong views leave no trace in the student: their
+        batch is separate and its BatchNorm statistics are put back (no `tf.cond`, whose
+        branches would hide synchronized BatchNorm's collectives from some replicas).
         """
         labeled_images = batch["labeled_images"]
         labeled_masks = tf.cast(batch["labeled_masks"], tf.int32)
         num_labeled = tf.shape(labeled_images)[0]
-        if targets is None:
-            out = self._student_heads(labeled_images, training=True)
-        elif self.joint_batchnorm:
+        unlabeled_logits, unlabeled_features = [], []
+        if targets is not None and self.joint_batchnorm:
             images = tf.concat([labeled_images, batch["unlabeled_strong"]], axis=0)
             out = self._student_heads(images, training=True)
+            labeled_logits = [h[:num_labeled] for h in out["logits"]]
+            unlabeled_logits = [h[num_labeled:] for h in out["logits"]]
+            unlabeled_features = [f[num_labeled:] for f in out["features"]]
         else:
-            labeled_out = self._student_heads(labeled_images, training=True)
-            unlabeled_out = self._student_heads(batch["unlabeled_strong"], training=True)
-            out = {
-                key: [
-                    tf.concat(pair, axis=0)
-                    for pair in zip(labeled_out[key], unlabeled_out[key], strict=True)
-                ]
-                for key in labeled_out
-            }
-        head_logits, features = out["logits"], out["features"]
-        terms = {"loss_labeled": self._labeled_loss([h[:num_labeled] for h in head_logits],
-                                                    labeled_masks)}  # fmt: skip
+            labeled_logits = self._student_heads(labeled_images, training=True)["logits"]
+            if targets is not None:
+                with self._batchnorm_statistics_restored_during_warmup():
+                    out = self._student_heads(batch["unlabeled_strong"], training=True)
+                unlabeled_logits, unlabeled_features = out["logits"], out["features"]
+        terms = {"loss_labeled": self._labeled_loss(labeled_logits, labeled_masks)}
         zero = tf.constant(0.0)
         contrast = [zero for _ in self.student_stages]
         terms["loss_unlabeled_ce"] = zero
@@ -394,19 +387,41 @@ class PPLTrainer(keras.Model):
             masked = _all_reduce_sum(tf.reduce_sum(mask))
             terms["loss_unlabeled_ce"] = tf.add_n([
                 masked_cross_entropy(
-                    _resize_like(logits[num_labeled:], mask[..., None], "bilinear"),
+                    _resize_like(logits, mask[..., None], "bilinear"),
                     pseudo, mask, normalizer=masked,
                 )
-                for logits in head_logits
+                for logits in unlabeled_logits
             ])  # fmt: skip
-            if self.use_push and features:
-                contrast = self._contrast_losses([f[num_labeled:] for f in features], pseudo, mask)
+            if self.use_push and unlabeled_features:
+                contrast = self._contrast_losses(unlabeled_features, pseudo, mask)
+        on = 1.0 if self.warmup_steps <= 0 else 1.0 - tf.cast(self._in_warmup(), tf.float32)
+        terms["loss_unlabeled_ce"] *= on
+        contrast = [value * on for value in contrast]
         for i, value in enumerate(contrast):
             terms[f"loss_contrast_{i + 1}"] = value
         terms["loss_contrast"] = tf.add_n(contrast) if contrast else zero
         loss_unlabeled = terms["loss_unlabeled_ce"] + terms["loss_contrast"]
         terms["loss"] = terms["loss_labeled"] + self.unsupervised_weight * loss_unlabeled
         return terms
+
+    @contextlib.contextmanager
+    def _batchnorm_statistics_restored_during_warmup(self):
+        """BatchNorm's moving statistics after the block are the ones before it while the
+        warm-up lasts (the paper's warm-up uses labeled data only)."""
+        if self.warmup_steps <= 0:
+            yield
+            return
+        statistics = [
+            v
+            for layer in self.student._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for v in (layer.moving_mean, layer.moving_variance)
+        ]
+        before = [tf.identity(v.value) for v in statistics]
+        yield
+        warm = self._in_warmup()
+        for v, value in zip(statistics, before, strict=True):
+            v.assign(tf.where(warm, value, v.value))
 
     def _labeled_loss(self, head_logits, masks):
         total = 0.0

@@ -83,6 +83,16 @@ class ImageLogger(keras.callbacks.Callback):
             Image.fromarray(picture).save(self.png_dir / f"epoch_{epoch + 1:03d}.png")
 
 
+def _local_value(variable, strategy):
+    """A metric variable's value on this worker, as NumPy. Under a distribution strategy a
+    plain read of a metric variable is a collective reduction, which fails when only the chief
+    reads; the trainer adds all-reduced increments, so every copy holds the global value and
+    the first local one is enough."""
+    value = getattr(variable, "_value", variable)  # the tf.Variable, not a (reducing) read
+    value = strategy.experimental_local_results(value)[0]
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
 class PseudoLabelLog(keras.callbacks.Callback):
     """Per epoch, per class: the share of the pseudo-labels that pass tau next to the share of
     the class in the labeled masks (its prior), and, where the unlabeled images have ground
@@ -113,11 +123,13 @@ class PseudoLabelLog(keras.callbacks.Callback):
         if batch + 1 < (self.params.get("steps") or 0):
             return
         trainer = self.model
-        labeled = keras.ops.convert_to_numpy(trainer.labeled_classes.result())
-        pseudo_counts = keras.ops.convert_to_numpy(trainer.pseudo_classes.counts())
+        strategy = trainer.distribute_strategy
+        labeled_counts = _local_value(trainer.labeled_classes.histogram, strategy)
+        labeled = labeled_counts / max(labeled_counts.sum(), 1.0)
+        pseudo_counts = _local_value(trainer.pseudo_classes.histogram, strategy)
         pseudo = pseudo_counts / max(pseudo_counts.sum(), 1.0)
-        matrix = keras.ops.convert_to_numpy(trainer.pseudo_iou.matrix)
-        coverage = keras.ops.convert_to_numpy(trainer.pseudo_coverage.matrix)
+        matrix = _local_value(trainer.pseudo_iou.matrix, strategy)
+        coverage = _local_value(trainer.pseudo_coverage.matrix, strategy)
         has_truth = coverage.sum() > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             precision = np.diag(matrix) / matrix.sum(axis=0)
