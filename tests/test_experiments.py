@@ -34,23 +34,24 @@ def test_quick_table3_runs_skips_when_restarted_and_summarises(tmp_path, capsys)
     assert out.count("[skip]") == len(experiments.TABLE3) and "[run]" not in out
 
 
-def test_demo_budget_runs_use_the_demo_config_and_reach_the_summary(tmp_path):
+def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_path):
     experiments = load()
-    runs = dict(experiments.plan([3, 4], ["demo_budget"]))
-    assert list(runs) == [f"demo_budget/{n}_s3" for n in ("ppl", "baseline", "sup_only")]
+    runs = dict(experiments.plan([3, 4], list(experiments.PARTS)))
+    assert len(runs) == 7 * 2 + 8 + 1 + 3
     for name, overrides in runs.items():
-        method = name.split("/")[1][: -len("_s3")]
-        # no budget override: the demo's 80 x 60 steps and 10 warm-up epochs apply
-        assert overrides == [*experiments.TABLE3[method], "seed=3"]
-    short = dict(experiments.plan([3], ["table3"]))["table3/ppl_s3"]
-    assert "epochs=20" in short and "warmup_epochs=4" in short
+        # no budget override: configs/demo.yaml's epochs, steps and warm-up apply
+        assert not any(o.split("=")[0] in ("epochs", "steps_per_epoch", "warmup_epochs")
+                       for o in overrides), name  # fmt: skip
+    heldout = {n: o for n, o in runs.items() if n.startswith("heldout/")}
+    assert list(heldout) == [f"heldout/{n}_s3" for n in ("sup_only", "baseline", "ppl")]
+    assert all("digits_layout=crowded" in o for o in heldout.values())
     for k, name in enumerate(("sup_only", "baseline", "ppl")):
-        folder = tmp_path / "demo_budget" / f"{name}_s3"
+        folder = tmp_path / "heldout" / f"{name}_s3"
         folder.mkdir(parents=True)
         metrics = {"teacher_miou": 0.1 + 0.1 * k, "student_miou": 0.15 + 0.1 * k}
         (folder / "metrics.json").write_text(json.dumps(metrics))
     summary = experiments.summarise(tmp_path, [3])
-    assert summary["demo_budget"]["baseline"] == {"teacher_miou": 0.2, "student_miou": 0.25}
+    assert summary["heldout"]["baseline"] == {"teacher_miou": 0.2, "student_miou": 0.25}
     text = (tmp_path / "summary.md").read_text()
     assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text
 
@@ -58,18 +59,18 @@ def test_demo_budget_runs_use_the_demo_config_and_reach_the_summary(tmp_path):
 @pytest.mark.slow
 def test_parallel_jobs_run_in_processes_and_reach_the_summary(tmp_path, capsys):
     experiments = load()
-    argv = ["--quick", "--only", "demo_budget", "--jobs", "2", "--out", str(tmp_path / "x"),
+    argv = ["--quick", "--only", "heldout", "--jobs", "2", "--out", str(tmp_path / "x"),
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     summary = experiments.main(argv)
     out = capsys.readouterr().out
     assert out.count("[done]") == 3
-    for name in experiments.DEMO_BUDGET_RUNS:
-        folder = tmp_path / "x" / "demo_budget" / f"{name}_s0"
+    for name in experiments.HELDOUT:
+        folder = tmp_path / "x" / "heldout" / f"{name}_s0"
         metrics = json.loads((folder / "metrics.json").read_text())
-        assert summary["demo_budget"][name]["teacher_miou"] == metrics["teacher_miou"]
+        assert summary["heldout"][name]["teacher_miou"] == metrics["teacher_miou"]
         assert metrics["steps"] == 4  # the quick budget: 2 epochs x 2 steps
-        log = (tmp_path / "x" / "demo_budget" / f"{name}_s0.log").read_text()
-        assert "teacher mIoU" in log
+        log = (tmp_path / "x" / "heldout" / f"{name}_s0.log").read_text()
+        assert "teacher mIoU" in log and "digit_scenes_v3_48x200" in log
     experiments.main(argv)
     assert capsys.readouterr().out.count("[skip]") == 3
     log = (tmp_path / "x" / "experiments.log").read_text()  # what main() said, kept beside
