@@ -18,11 +18,20 @@ from pathlib import Path
 
 import yaml
 
+from ppl_tf.choices import (
+    BACKBONES,
+    EXPORT_NETWORKS,
+    OPTIMIZERS,
+    OUTPUT_STRIDES,
+    PRECISIONS,
+    STRATEGIES,
+)
+
+# What scripts/train.py, scripts/validate.py and scripts/experiments.py run without --config. A
+# file of the source tree: configs/ is not installed with the package.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 DATASETS = ("digits", "voc", "cityscapes", "cityscapes_tfds", "custom")
-STRATEGIES = ("auto", "one", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 DIGIT_LAYOUTS = ("standard", "crowded")
-EXPORT_NETWORKS = ("best", "teacher", "student")
 
 
 class ConfigError(ValueError):
@@ -101,9 +110,9 @@ class TrainConfig:
             "dataset": DATASETS,
             "strategy": STRATEGIES,
             "precision": PRECISIONS,
-            "backbone": ("tiny", "resnet50", "resnet101"),
-            "optimizer": ("sgd", "adamw"),
-            "output_stride": (8, 16),
+            "backbone": BACKBONES,
+            "optimizer": OPTIMIZERS,
+            "output_stride": OUTPUT_STRIDES,
             "digits_layout": DIGIT_LAYOUTS,
             "export_network": EXPORT_NETWORKS,
         }

@@ -8,7 +8,8 @@ that summing the replicas' gradients gives the gradient of the global mean.
 import keras
 from keras import ops
 
-IGNORE_LABEL = 255
+from ppl_tf.data.classes import IGNORE_LABEL
+
 _EPSILON = 1e-12
 
 

@@ -9,7 +9,7 @@ holds the global counts.
 import keras
 from keras import ops
 
-from ppl_tf.losses import IGNORE_LABEL
+from ppl_tf.data.classes import IGNORE_LABEL
 
 
 @keras.saving.register_keras_serializable(package="ppl_tf")

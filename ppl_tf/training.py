@@ -21,9 +21,10 @@ import math
 import keras
 import tensorflow as tf
 
+from ppl_tf.choices import OPTIMIZERS
 from ppl_tf.data.augment import apply_cutmix
+from ppl_tf.data.classes import IGNORE_LABEL
 from ppl_tf.losses import (
-    IGNORE_LABEL,
     masked_cross_entropy,
     multi_prototype_contrastive_loss,
     ohem_cross_entropy,
@@ -42,9 +43,6 @@ def ema_alpha(step, total_steps, start=0.99, end=1.0):
     """
     progress = tf.minimum(tf.cast(step, tf.float32) / float(max(total_steps, 1)), 1.0)
     return start + (end - start) * (1.0 - tf.cos(math.pi * progress)) / 2.0
-
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def make_optimizer(base_lr, total_steps, momentum=0.9, power=0.9, name="sgd", weight_decay=0.0):

@@ -10,23 +10,24 @@ from PIL import Image, ImageDraw
 
 from ppl_tf import inference
 from ppl_tf.callbacks import keep_epochs_before
+from ppl_tf.data.classes import IGNORE_LABEL
 
 IGNORE_COLOR = (255, 255, 255)  # pixels without a label or below the pseudo-label threshold
 
 
 def colorize(labels, palette):
-    """(H, W) ids with 255 = ignore -> (H, W, 3) uint8."""
+    """(H, W) ids with IGNORE_LABEL (255) = ignore -> (H, W, 3) uint8."""
     labels = np.asarray(labels)
     out = inference.colorize(labels, palette)
-    out[labels == 255] = IGNORE_COLOR
+    out[labels == IGNORE_LABEL] = IGNORE_COLOR
     return out
 
 
 def prediction_panels(model, images, masks, tau=0.8):
-    """(prediction, pseudo-label with low-confidence pixels set to 255) of `model` per image."""
+    """(prediction, pseudo-label with low-confidence pixels ignored) of `model` per image."""
     probs = tf.nn.softmax(model(tf.cast(images, tf.float32), training=False), axis=-1).numpy()
     prediction = probs.argmax(-1)
-    pseudo = np.where(probs.max(-1) > tau, prediction, 255)
+    pseudo = np.where(probs.max(-1) > tau, prediction, IGNORE_LABEL)
     return prediction, pseudo
 
 

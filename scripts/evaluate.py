@@ -22,9 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None):
+    from ppl_tf.choices import NETWORKS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", help="a run folder, a .keras file or an exported model folder")
-    parser.add_argument("--network", choices=("teacher", "student"), default="teacher")
+    parser.add_argument("--network", choices=NETWORKS, default="teacher")
     parser.add_argument("--config", help="YAML config naming the dataset (default: the run's)")
     parser.add_argument("--crop", type=int, help="sliding-window size (default: whole image)")
     parser.add_argument("--flip", action="store_true", help="add horizontal-flip inference")

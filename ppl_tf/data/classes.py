@@ -1,5 +1,8 @@
 """Class names, palettes and label mappings of the supported datasets."""
 
+# The mask value of pixels that no loss or metric counts: VOC's object borders, Cityscapes'
+# unused classes, padding added by augmentation. Its one definition: losses, metrics and the
+# data pipeline import it from here.
 IGNORE_LABEL = 255
 
 VOC_CLASSES = (

@@ -6,6 +6,7 @@ stride-4 low-level features of the DeepLabv3+ decoder and the stride-16 (or 8) f
 
 import keras
 
+from ppl_tf.choices import BACKBONES, OUTPUT_STRIDES
 from ppl_tf.layers import DilatedConv2D
 
 BN_MOMENTUM = 0.9  # PyTorch's 0.1: the paper's numbers come from it; see DESIGN.md.
@@ -22,7 +23,6 @@ _RESNETS = {
     "resnet50": keras.applications.ResNet50,
     "resnet101": keras.applications.ResNet101,
 }
-BACKBONES = ("resnet50", "resnet101", "tiny")
 
 
 def normalisation(backbone):
@@ -36,9 +36,10 @@ def build_backbone(name, output_stride=16, weights=None):
     """Returns (backbone model, low-level channels, high-level channels)."""
     if name not in BACKBONES:
         raise ValueError(f"`backbone` must be one of {BACKBONES}. Received: backbone={name!r}")
-    if output_stride not in (8, 16):
+    if output_stride not in OUTPUT_STRIDES:
         raise ValueError(
-            f"`output_stride` must be 8 or 16. Received: output_stride={output_stride!r}"
+            f"`output_stride` must be one of {OUTPUT_STRIDES}. "
+            f"Received: output_stride={output_stride!r}"
         )
     if name == "tiny":
         if weights is not None:
