@@ -6,13 +6,14 @@ held-out check, all at the demo's budget (configs/demo.yaml as it is).
     python scripts/experiments.py --only table3        # one part
     python scripts/experiments.py --only heldout       # the held-out check
 
-Every run is `scripts/train.py` on the demo config with a few overrides. `--jobs 2` (default)
-runs two train.py processes at a time with one TensorFlow thread each (on 2 cores two small
-runs at once give about 1.65x the throughput of one run with two threads); `--jobs 1` runs them
-one after another in this process. A run whose `metrics.json` exists is skipped, so an
-interrupted set restarts where it stopped. Results go to `--out` (default results/experiments/):
-one folder per run, `summary.json`, `summary.md` (the tables that go into the README),
-`fig4.png` and `experiments.log` (what this script said, with times).
+Every run is a training run (`ppl_tf.run.train`, what `scripts/train.py` runs) on the demo config
+with a few overrides. `--jobs 2` (default) runs two train.py processes at a time with one
+TensorFlow thread each (on 2 cores two small runs at once give about 1.65x the throughput of one
+run with two threads); `--jobs 1` runs them one after another in this process. A run whose
+`metrics.json` exists is skipped, so an interrupted set restarts where it stopped. Results go to
+`--out` (default results/experiments/): one folder per run, `summary.json`, `summary.md` (the
+tables that go into the README), `fig4.png` and `experiments.log` (what this script said, with
+times).
 
 Runs (1/16 labels unless "full"):
 - Table 3: supervised only; mean-teacher baseline (n = 0); + pull only (n = 2, no Eq. 1);
@@ -28,7 +29,6 @@ Runs (1/16 labels unless "full"):
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import statistics
@@ -38,7 +38,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 TABLE3 = {
     "sup_only": ["use_unlabeled=false", "num_stages=0"],
@@ -66,13 +68,6 @@ def say(message):
     if LOG:
         with open(LOG[0], "a") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-
-
-def load_train():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def plan(seeds, parts, budget=BUDGET):
@@ -121,13 +116,18 @@ def run_all(runs, out, cache_dir, jobs=1):
     if jobs > 1:
         run_parallel(todo, out, cache_dir, jobs)
         return len(todo)
-    train = load_train()
+    from ppl_tf.config import DEMO_CONFIG, ConfigError, load_config
+    from ppl_tf.data import DataError
+    from ppl_tf.distribute import StrategyError
+    from ppl_tf.run import RunError, TrainingDiverged, train
+
     for name, overrides in todo:
         say(f"[run] {name}: {' '.join(overrides)}")
         start = time.perf_counter()
-        code = train.main(train_argv(name, overrides, out, cache_dir))
-        if code != 0:
-            raise SystemExit(f"experiments: run {name} failed with exit code {code}")
+        try:
+            train(load_config(DEMO_CONFIG, train_argv(name, overrides, out, cache_dir)))
+        except (ConfigError, DataError, StrategyError, RunError, TrainingDiverged) as error:
+            raise SystemExit(f"experiments: run {name} failed: {error}") from None
         say(f"[done] {name} in {time.perf_counter() - start:.0f} s")
     return len(todo)
 

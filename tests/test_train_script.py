@@ -1,7 +1,7 @@
-"""scripts/train.py and scripts/evaluate.py end to end, their errors, resume after SIGKILL."""
+"""Training runs end to end (`ppl_tf.run.train` and scripts/train.py), scripts/evaluate.py,
+their errors, resume after SIGKILL."""
 
 import csv
-import importlib.util
 import json
 import os
 import shlex
@@ -13,15 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_repo_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_run(tmp_path, out="run", **extra):
@@ -43,7 +37,10 @@ def log_rows(path):
 
 @pytest.mark.slow
 def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, capsys):
-    assert load_script("train").main(tiny_run(tmp_path)) == 0
+    from ppl_tf.config import DEMO_CONFIG, load_config
+    from ppl_tf.run import train
+
+    returned = train(load_config(DEMO_CONFIG, tiny_run(tmp_path)))
     out = tmp_path / "run"
     for name in ("config.yaml", "dataset.json", "best.weights.h5", "log.csv", "metrics.json",
                  "per_class_iou.md", "student.keras", "teacher.keras", "predictions.png",
@@ -63,6 +60,7 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert "loss_contrast_2" in rows[0] and "pseudo_miou" in rows[0] and "lr_head" in rows[0]
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == returned
     assert metrics["steps"] == 6
     assert set(metrics["teacher_per_class_iou"]) == {"background"} | {str(d) for d in range(10)}
     export = tmp_path / "exported" / "digits" / "1"  # export_name of configs/demo.yaml
@@ -71,7 +69,7 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
     # The logged val mIoU of the best epoch, the final metrics and evaluate.py agree.
     best_logged = max(float(r["val_teacher_miou"]) for r in rows)
     assert metrics["teacher_miou"] == pytest.approx(best_logged, abs=1e-4)
-    evaluate = load_script("evaluate")
+    evaluate = load_repo_script("scripts/evaluate.py")
     assert evaluate.main([str(out), "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["miou"] == pytest.approx(
         metrics["teacher_miou"], abs=1e-6
@@ -87,7 +85,7 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
 @pytest.mark.slow
 def test_mirrored_run_over_two_logical_cpus(tmp_path, capsys):
     # conftest splits the CPU into two logical devices for the whole test session.
-    code = load_script("train").main(
+    code = load_repo_script("scripts/train.py").main(
         ["--strategy", "mirrored", *tiny_run(tmp_path, epochs=1, warmup_epochs=0, export=False)]
     )
     assert code == 0
@@ -106,12 +104,12 @@ def test_mirrored_run_over_two_logical_cpus(tmp_path, capsys):
     ],
 )
 def test_bad_configuration_is_a_clear_error(argv, message, capsys):
-    assert load_script("train").main(argv) == 2
+    assert load_repo_script("scripts/train.py").main(argv) == 2
     assert message in capsys.readouterr().err
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
-    code = load_script("train").main(
+    code = load_repo_script("scripts/train.py").main(
         ["dataset=custom", f"data_dir={tmp_path / 'nope'}", f"out={tmp_path / 'r'}"]
     )
     assert code == 2
@@ -136,7 +134,7 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path, capsys):
     run.mkdir()
     (run / "config.yaml").write_text("epochs: 1\n")
     (run / "teacher.keras").write_bytes(b"not a zip archive")
-    assert load_script("evaluate").main([str(run)]) == 2
+    assert load_repo_script("scripts/evaluate.py").main([str(run)]) == 2
     assert "teacher.keras: cannot load the model" in capsys.readouterr().err
 
 
@@ -231,14 +229,14 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
     ],
 )  # fmt: skip
 def test_config_mistakes_stop_before_any_data_is_read(argv, keys, capsys, monkeypatch):
-    train = load_script("train")
+    import ppl_tf.run
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data was read before the config was checked")
 
-    monkeypatch.setattr(train, "load_data", no_data)
+    monkeypatch.setattr(ppl_tf.run, "load_data", no_data)
     monkeypatch.chdir(ROOT)
-    assert train.main([*argv, "data_dir=/nonexistent"]) == 2
+    assert load_repo_script("scripts/train.py").main([*argv, "data_dir=/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("train.py: "), err
     for key in keys:
@@ -352,7 +350,7 @@ def finished_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("finished")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = load_script("train").main(tiny_run(tmp_path, images_to_log=0))
+        code = load_repo_script("scripts/train.py").main(tiny_run(tmp_path, images_to_log=0))
     assert code == 0
     return tmp_path / "run", printed.getvalue(), tmp_path
 
@@ -404,7 +402,7 @@ def test_run_folder_round_trips_through_export_evaluate_and_predict(finished_run
 
     run, _, _ = finished_run
     metrics = json.loads((run / "metrics.json").read_text())
-    export = load_script("export")
+    export = load_repo_script("scripts/export.py")
     exported = tmp_path / "exported"
     argv = [str(run), "--network", "teacher", "--name", "digits2", "--out", str(exported)]
     assert export.main(argv) == 0
@@ -412,7 +410,8 @@ def test_run_folder_round_trips_through_export_evaluate_and_predict(finished_run
     metadata = json.loads((version / "metadata.json").read_text())
     assert metadata["model_config"] == yaml.safe_load((run / "config.yaml").read_text())
     result = tmp_path / "eval.json"
-    assert load_script("evaluate").main([str(version.parent), "--json", str(result)]) == 0
+    evaluate = load_repo_script("scripts/evaluate.py")
+    assert evaluate.main([str(version.parent), "--json", str(result)]) == 0
     miou = json.loads(result.read_text())["miou"]
     assert miou == pytest.approx(metrics["teacher_miou"], abs=1e-3)
 
@@ -422,7 +421,8 @@ def test_run_folder_round_trips_through_export_evaluate_and_predict(finished_run
     root = Path(json.loads((run / "dataset.json").read_text())["root"])
     (images / "scene.png").write_bytes((root / "images" / f"{val_id}.png").read_bytes())
     masks = tmp_path / "masks"
-    assert load_script("predict").main([str(version.parent), str(images), "--out", str(masks)]) == 0
+    predict = load_repo_script("scripts/predict.py")
+    assert predict.main([str(version.parent), str(images), "--out", str(masks)]) == 0
     assert (masks / "scene_mask.png").is_file()
 
     # Without --network: the run's export_network (config.yaml), here edited to "student".
@@ -449,7 +449,8 @@ def test_truncated_backup_from_a_kill_is_set_aside_and_the_run_finishes(tmp_path
     (run / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
     (run / "log.csv").write_text("epoch,loss\n0,1.5\n")
     overrides = tiny_run(tmp_path, epochs=3, export=False, images_to_log=0)
-    assert load_script("train").main(overrides) == 0  # before: OSError on every rerun
+    train = load_repo_script("scripts/train.py")
+    assert train.main(overrides) == 0  # before: OSError on every rerun
     err = capsys.readouterr().err
     assert "latest.weights.h5 cannot be read" in err and "starts at epoch 1" in err
     assert [r["epoch"] for r in log_rows(run / "log.csv")] == ["0", "1", "2"]
