@@ -360,47 +360,45 @@ class PPLTrainer(keras.Model):
         batch is separate and its BatchNorm statistics are put back (no `tf.cond`, whose
         branches would hide synchronized BatchNorm's collectives from some replicas).
         """
-        labeled_images = batch["labeled_images"]
         labeled_masks = tf.cast(batch["labeled_masks"], tf.int32)
-        num_labeled = tf.shape(labeled_images)[0]
-        unlabeled_logits, unlabeled_features = [], []
-        if targets is not None and self.joint_batchnorm:
-            images = tf.concat([labeled_images, batch["unlabeled_strong"]], axis=0)
-            out = self._student_heads(images, training=True)
-            labeled_logits = [h[:num_labeled] for h in out["logits"]]
-            unlabeled_logits = [h[num_labeled:] for h in out["logits"]]
-            unlabeled_features = [f[num_labeled:] for f in out["features"]]
-        else:
-            labeled_logits = self._student_heads(labeled_images, training=True)["logits"]
-            if targets is not None:
-                with self._batchnorm_statistics_restored_during_warmup():
-                    out = self._student_heads(batch["unlabeled_strong"], training=True)
-                unlabeled_logits, unlabeled_features = out["logits"], out["features"]
+        labeled_logits, unlabeled_logits, unlabeled_features = self._student_outputs(
+            batch, strong_views=targets is not None
+        )
         terms = {"loss_labeled": self._labeled_loss(labeled_logits, labeled_masks)}
-        zero = tf.constant(0.0)
-        contrast = [zero for _ in self.student_stages]
-        terms["loss_unlabeled_ce"] = zero
-        if targets is not None:
-            pseudo, mask = targets
-            masked = _all_reduce_sum(tf.reduce_sum(mask))
-            terms["loss_unlabeled_ce"] = tf.add_n([
-                masked_cross_entropy(
-                    _resize_like(logits, mask[..., None], "bilinear"),
-                    pseudo, mask, normalizer=masked,
-                )
-                for logits in unlabeled_logits
-            ])  # fmt: skip
-            if self.use_push and unlabeled_features:
-                contrast = self._contrast_losses(unlabeled_features, pseudo, mask)
+        cross_entropy, contrast = self._unlabeled_losses(
+            unlabeled_logits, unlabeled_features, targets
+        )
         on = 1.0 if self.warmup_steps <= 0 else 1.0 - tf.cast(self._in_warmup(), tf.float32)
-        terms["loss_unlabeled_ce"] *= on
+        terms["loss_unlabeled_ce"] = cross_entropy * on
         contrast = [value * on for value in contrast]
         for i, value in enumerate(contrast):
             terms[f"loss_contrast_{i + 1}"] = value
-        terms["loss_contrast"] = tf.add_n(contrast) if contrast else zero
+        terms["loss_contrast"] = tf.add_n(contrast) if contrast else tf.constant(0.0)
         loss_unlabeled = terms["loss_unlabeled_ce"] + terms["loss_contrast"]
         terms["loss"] = terms["loss_labeled"] + self.unsupervised_weight * loss_unlabeled
         return terms
+
+    def _student_outputs(self, batch, strong_views):
+        """The student's heads on the labeled images and (with `strong_views`) on the strong
+        views: (labeled logits, unlabeled logits, unlabeled features), one entry per head (per
+        stage for the features), at stride 4. Two BatchNorm batches, or one with
+        `joint_batchnorm`."""
+        labeled_images = batch["labeled_images"]
+        if not strong_views:
+            return self._student_heads(labeled_images, training=True)["logits"], [], []
+        if self.joint_batchnorm:
+            num_labeled = tf.shape(labeled_images)[0]
+            images = tf.concat([labeled_images, batch["unlabeled_strong"]], axis=0)
+            out = self._student_heads(images, training=True)
+            return (
+                [h[:num_labeled] for h in out["logits"]],
+                [h[num_labeled:] for h in out["logits"]],
+                [f[num_labeled:] for f in out["features"]],
+            )
+        labeled_logits = self._student_heads(labeled_images, training=True)["logits"]
+        with self._batchnorm_statistics_restored_during_warmup():
+            out = self._student_heads(batch["unlabeled_strong"], training=True)
+        return labeled_logits, out["logits"], out["features"]
 
     @contextlib.contextmanager
     def _batchnorm_statistics_restored_during_warmup(self):
@@ -434,6 +432,26 @@ class PPLTrainer(keras.Model):
                 count = _all_reduce_sum(tf.reduce_sum(tf.cast(masks != IGNORE_LABEL, tf.float32)))
                 total += masked_cross_entropy(logits, masks, normalizer=count)
         return total
+
+    def _unlabeled_losses(self, logits, features, targets):
+        """(cross-entropy of every head, [Eq. 1 per stage]) on the strong views against the
+        pseudo-labels where the mask is on (Eq. 6); zeros without `targets`."""
+        zero = tf.constant(0.0)
+        if targets is None:
+            return zero, [zero for _ in self.student_stages]
+        pseudo, mask = targets
+        masked = _all_reduce_sum(tf.reduce_sum(mask))
+        cross_entropy = tf.add_n(
+            [
+                masked_cross_entropy(
+                    _resize_like(head, mask[..., None], "bilinear"), pseudo, mask, normalizer=masked
+                )
+                for head in logits
+            ]
+        )
+        if not (self.use_push and features):
+            return cross_entropy, [zero for _ in self.student_stages]
+        return cross_entropy, self._contrast_losses(features, pseudo, mask)
 
     def _contrast_losses(self, features, pseudo, mask):
         """Eq. 1 per stage, at feature resolution (labels and mask by nearest neighbour)."""
