@@ -119,8 +119,11 @@ def check_here(work):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # The extras' imports that the run below does not reach; tensorflow-serving-api's protos
     # were installed with --no-deps, so only an import shows they suit this protobuf.
-    run([sys.executable, "-c", "import tensorflow_datasets, grpc, tensorflow_serving.apis."
-         "prediction_service_pb2_grpc, pytest, ppl_tf.serving"], RUN_TIMEOUT, env=env)  # fmt: skip
+    imports = (
+        "import tensorflow_datasets, grpc, tensorflow_serving.apis.prediction_service_pb2_grpc, "
+        "pytest, ppl_tf.serving.local_server"
+    )
+    run([sys.executable, "-c", imports], RUN_TIMEOUT, env=env)
 
     out, exported, cache = work / "run", work / "exported", work / "data"
     paths = [f"out={out}", f"export_dir={exported}", f"cache_dir={cache}"]

@@ -1,20 +1,16 @@
 """REST and gRPC clients against local servers speaking TF Serving's protocols."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from ppl_tf.inference import ExportedModel
-from ppl_tf.serving import (
-    GrpcClient,
-    GrpcServer,
-    RestClient,
-    RestServer,
-    ServingError,
-    SignatureRunner,
-)
+from ppl_tf.serving.client import GrpcClient, RestClient, ServingError
+from ppl_tf.serving.local_server import GrpcServer, RestServer, SignatureRunner
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +97,16 @@ def test_unknown_model_or_version_is_not_found(servers):
     grpc_client = servers["grpc"]
     with pytest.raises(ServingError, match="NOT_FOUND"):
         GrpcClient(grpc_client.target, "other").predict(np.zeros((1, 4, 4, 3), np.uint8))
+
+
+def test_an_application_imports_the_clients_without_the_servers_or_tensorflow():
+    code = (
+        "import sys\n"
+        "from ppl_tf.serving import GrpcClient, RestClient, ServingError\n"
+        "loaded = [m for m in ('tensorflow', 'keras', 'ppl_tf.serving.local_server')"
+        " if m in sys.modules]\n"
+        "print('LOADED', loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout, result.stdout
