@@ -1,22 +1,14 @@
 """Quick modes of the benchmark scripts: they run from the repository and write their tables."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import keras
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_repo_script
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(
-        f"bench_{name}", ROOT / "benchmarks" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script(f"benchmarks/{name}.py")
 
 
 def test_cost_counts_parameters_and_multiply_adds(tmp_path):

@@ -3,6 +3,7 @@ import hashlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import load_repo_script
 from PIL import Image
 
 from ppl_tf.data import (
@@ -461,13 +462,7 @@ def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):
 
 
 def test_validate_command_names_bad_files_and_writes_clean_lists(custom, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "validate.py"
-    spec = importlib.util.spec_from_file_location("validate_script", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_repo_script("scripts/validate.py")
     root = custom
     argv = ["dataset=custom", f"data_dir={root}", "labeled=4"]
     assert module.main(argv) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import relative_error
+from helpers import load_repo_script, relative_error
 from PIL import Image
 
 from ppl_tf.export import next_version
@@ -164,12 +164,8 @@ def test_predict_script_in_a_fresh_process_without_model_code(tiny_export, tmp_p
 
 
 def test_predict_script_names_a_corrupt_image_and_can_skip_it(tiny_export, tmp_path, capsys):
-    import importlib.util
-
     _, folder = tiny_export
-    spec = importlib.util.spec_from_file_location("predict_script", ROOT / "scripts" / "predict.py")
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
+    predict = load_repo_script("scripts/predict.py")
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(random_images((1, 20, 20))[0]).save(inputs / "good.png")
