@@ -1,6 +1,6 @@
 """tf.data pipelines: the trainer's dict batches and evaluation batches.
 
-Trainer batches (DESIGN.md) are dicts of
+Trainer batches (what `PPLTrainer.train_step` takes) are dicts of
   labeled_images (B, S, S, 3) float32 in [0, 255], labeled_masks (B, S, S) int32,
   unlabeled_weak and unlabeled_strong (B', S, S, 3) float32 (one geometry, two colourings),
   unlabeled_valid (B', S, S) bool, False on pixels added by padding (they get no pseudo-label),

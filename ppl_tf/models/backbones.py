@@ -9,7 +9,11 @@ import keras
 from ppl_tf.choices import BACKBONES, OUTPUT_STRIDES
 from ppl_tf.layers import DilatedConv2D
 
-BN_MOMENTUM = 0.9  # PyTorch's 0.1: the paper's numbers come from it; see DESIGN.md.
+# BatchNorm as in PyTorch, with whose defaults the paper's networks (and the numbers it reports)
+# were trained. Keras' momentum is the weight of the old moving average, PyTorch's the weight of
+# the new batch: PyTorch's 0.1 is Keras' 0.9 (Keras' own default, 0.99, averages over about ten
+# times as many steps). The epsilon is PyTorch's 1e-5 (Keras' default: 1e-3).
+BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 # keras.applications ResNets were trained on BGR images minus this mean, without scaling. The
