@@ -3,9 +3,9 @@
     python benchmarks/pipeline.py                          # 500x375 JPEGs, crop 512, batch 8+8
     python benchmarks/pipeline.py --images 16 --batches 5 --crop 128      # seconds
 
-Writes `--images` synthetic 500x375 JPEGs (smooth colour fields, VOC-sized) with PNG masks into a
+Writes `--images` synthetic 500x375 JPEGs (smooth color fields, VOC-sized) with PNG masks into a
 temporary custom-format folder, then times `semi_supervised_dataset` (decode, scale 0.5-2.0,
-crop with 255 padding, flip, colour jitter, grayscale, blur, CutMix boxes on) for `--batches`
+crop with 255 padding, flip, color jitter, grayscale, blur, CutMix boxes on) for `--batches`
 batches after `--warmup` batches. Images/s counts every image a batch holds (labeled images +
 unlabeled images; each unlabeled image comes as a weak and a strong view). Writes
 results/pipeline.json.

@@ -25,7 +25,7 @@ class StrategyError(RuntimeError):
 
 
 def configure_cpu_replicas(count):
-    """Splits the CPU into `count` logical devices (before TensorFlow initialises devices)."""
+    """Splits the CPU into `count` logical devices (before TensorFlow initializes devices)."""
     cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(
@@ -33,7 +33,7 @@ def configure_cpu_replicas(count):
         )
     except RuntimeError as error:
         raise StrategyError(
-            f"cpu_replicas={count}: TensorFlow's devices are already initialised ({error})"
+            f"cpu_replicas={count}: TensorFlow's devices are already initialized ({error})"
         ) from None
 
 

@@ -123,7 +123,7 @@ def choose_network(choice, scores):
     return "student" if scores["student"] > scores["teacher"] else "teacher"
 
 
-def model_normalisation(model):
+def model_normalization(model):
     """(mean, std) per RGB channel of the model's "normalize" layer, as plain lists."""
     layer = model.get_layer("normalize")
     mean, std = layer.mean, layer.std
@@ -177,7 +177,7 @@ def export_model(
     if len(class_names) != num_classes or len(palette) != num_classes:
         raise ValueError(
             f"The model predicts {num_classes} classes but got {len(class_names)} class names "
-            f"and {len(palette)} palette colours"
+            f"and {len(palette)} palette colors"
         )
     export_dir = Path(export_dir)
     version = next_version(export_dir) if version is None else int(version)
@@ -201,7 +201,7 @@ def export_model(
     if onnx:
         onnx_report = write_onnx(model, staging / ONNX_FILE)
 
-    mean, std = model_normalisation(model)
+    mean, std = model_normalization(model)
     outputs = {CLASS_IDS: "int32 (B, H, W)", PROBABILITIES: "float32 (B, H, W, K)"}
     metadata = {
         "format": "ppl_tf-export-1",
@@ -214,6 +214,8 @@ def export_model(
         "num_classes": num_classes,
         "class_names": list(class_names),
         "palette": [[int(c) for c in color] for color in palette],
+        # Key and text as the export format (ppl_tf-export-1) has them since its first
+        # version: readers look for "normalisation", so its spelling stays.
         "normalisation": {
             "input": "uint8 RGB; the model casts to float32 [0, 255] and normalises inside",
             "mean": mean,

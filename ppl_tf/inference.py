@@ -139,22 +139,22 @@ def read_rgb(path):
 
 
 def colorize(class_ids, palette):
-    """(H, W) class ids -> (H, W, 3) uint8 colours."""
+    """(H, W) class ids -> (H, W, 3) uint8 colors."""
     return np.asarray(palette, np.uint8)[np.clip(class_ids, 0, len(palette) - 1)]
 
 
 def overlay(image, class_ids, palette, alpha=0.5, keep_class=None):
-    """The image blended with each pixel's class colour; pixels of `keep_class` (for example the
+    """The image blended with each pixel's class color; pixels of `keep_class` (for example the
     background) are left as they are."""
-    colours = colorize(class_ids, palette).astype(np.float32)
-    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    colors = colorize(class_ids, palette).astype(np.float32)
+    blended = image.astype(np.float32) * (1 - alpha) + colors * alpha
     if keep_class is not None:
         blended = np.where((class_ids == keep_class)[..., None], image.astype(np.float32), blended)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
 def save_mask(path, class_ids, palette):
-    """A palette PNG whose pixel values are the class ids (readable as ids and as colours)."""
+    """A palette PNG whose pixel values are the class ids (readable as ids and as colors)."""
     mask = Image.fromarray(class_ids.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(palette)] = np.asarray(palette, np.uint8)[:256]

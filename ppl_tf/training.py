@@ -114,7 +114,7 @@ class PPLTrainer(keras.Model):
         ema_start, ema_end: the EMA rate's cosine schedule (`ema_alpha`). Default to the
             paper's 0.99 -> 1.0.
         joint_batchnorm: False (default): the student runs on the labeled images and on the
-            strong views as two batches, each normalised by its own BatchNorm statistics
+            strong views as two batches, each normalized by its own BatchNorm statistics
             (as UniMatch and CPS do). True: one concatenated batch (as U2PL does). The paper
             does not say. Measured on the digit scenes (README): with one batch, even
             unlabeled images that no loss reaches lowered val mIoU from 27 to 16-20%: the

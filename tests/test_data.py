@@ -139,14 +139,14 @@ def test_augmented_masks_keep_values_and_alignment():
     mask[0:3, :] = 255
     image[mask == 3] = (250, 0, 0)
     image[mask == 7] = (0, 0, 250)
-    colours = np.array([(60, 60, 60), (250, 0, 0), (0, 0, 250)], np.float32)
+    colors = np.array([(60, 60, 60), (250, 0, 0), (0, 0, 250)], np.float32)
     flips = set()
     for k in range(30):
         out_image, out_mask = weak_geometry(image, mask, tf.constant([k, 7], tf.int64), 48)
         out_image, out_mask = out_image.numpy(), out_mask.numpy()
         assert set(np.unique(out_mask)) <= {0, 3, 7, 255}
-        # The mask still matches the image content: classify each pixel by its nearest colour.
-        nearest = np.argmin(((out_image[..., None, :] - colours) ** 2).sum(-1), axis=-1)
+        # The mask still matches the image content: classify each pixel by its nearest color.
+        nearest = np.argmin(((out_image[..., None, :] - colors) ** 2).sum(-1), axis=-1)
         content = np.array([0, 3, 7])[nearest]
         inside = (out_mask != 255) & (out_image.sum(-1) > 0)  # not padding
         agreement = np.mean(content[inside] == out_mask[inside])
@@ -196,7 +196,7 @@ def test_strong_view_differs_only_photometrically():
         strong = strong_photometric(weak, tf.constant([k, 1], tf.int64), p_blur=0.0).numpy()
         region = np.zeros((32, 32), bool)
         region[8:20, 8:24] = True
-        # A point-wise colour change: every pixel of one weak colour gets one strong colour.
+        # A point-wise color change: every pixel of one weak color gets one strong color.
         assert np.ptp(strong[region], axis=0).max() < 1e-3
         assert np.ptp(strong[~region], axis=0).max() < 1e-3
     changed = [
@@ -217,7 +217,7 @@ def test_pipeline_views_share_geometry(tmp_path):
     masks = batch["unlabeled_masks"].numpy()
     for i in range(3):
         # The weak view's red pixels are the mask's class-1 pixels; the strong view keeps the
-        # same regions: within a mask region its colours vary little compared with across.
+        # same regions: within a mask region its colors vary little compared with across.
         for cls in np.unique(masks[i]):
             if cls == 255 or (masks[i] == cls).sum() < 10:
                 continue

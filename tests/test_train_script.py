@@ -356,7 +356,7 @@ def finished_run(tmp_path_factory):
 
 
 def visible_lines(text):
-    """The lines a terminal shows of Keras' progress output (colour codes and the
+    """The lines a terminal shows of Keras' progress output (color codes and the
     backspaces and carriage returns that redraw the bar removed)."""
     import re
 

@@ -27,7 +27,7 @@ def make_trainer(seed=0, num_stages=2, **kwargs):
 
 
 def square_batch(seed, batch=2, pad=0):
-    """Colour squares on gray: class 1 = red square, class 2 = blue square, 0 = background."""
+    """Color squares on gray: class 1 = red square, class 2 = blue square, 0 = background."""
     rng = np.random.default_rng(seed)
 
     def scenes(n):
@@ -213,7 +213,7 @@ def test_warmup_student_sees_the_labeled_images_alone():
     # after warm-up the unlabeled images are in the student's batch again
     step_warm(batches[0])
     step_supervised(batches[0])
-    # (the attention's psi and delta normalise prototypes, not images: those stay equal)
+    # (the attention's psi and delta normalize prototypes, not images: those stay equal)
     images_bn = [i for i, w in enumerate(warm.student.weights)
                  if "moving_mean" in w.path and "attention" not in w.path]  # fmt: skip
     assert images_bn

@@ -13,7 +13,7 @@ VOC_CLASSES = (
 
 
 def voc_palette(num_colors=256):
-    """The standard PASCAL VOC colour map (bit-interleaved class index)."""
+    """The standard PASCAL VOC color map (bit-interleaved class index)."""
     palette = []
     for index in range(num_colors):
         r = g = b = 0
@@ -58,5 +58,5 @@ def cityscapes_lookup_table():
 
 
 def default_palette(num_classes):
-    """The VOC colour map, which is distinct for the first 256 classes."""
+    """The VOC color map, which is distinct for the first 256 classes."""
     return tuple(voc_palette(num_classes))

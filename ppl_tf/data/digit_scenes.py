@@ -1,10 +1,10 @@
 """Digit scenes: the embedded default dataset, made from real handwritten digits.
 
 scikit-learn ships the UCI handwritten digits (1,797 images of 8x8 pixels, no download). Each
-scene pastes several of them, enlarged and coloured, on a cluttered background (colour
+scene pastes several of them, enlarged and colored, on a cluttered background (color
 gradients, rectangles, lines and noise). The per-pixel class is the digit (classes "0"-"9" as
 ids 1-10) or background (id 0). Train and val scenes draw their digits from disjoint pools of
-the 1,797 images, so val measures generalisation to unseen handwriting.
+the 1,797 images, so val measures generalization to unseen handwriting.
 
 `materialise()` writes the scenes once into a cache folder in the custom format
 (`ppl_tf.data.sources`), so they go through the same loader as a user's data.
@@ -88,7 +88,7 @@ LUMA = np.array([0.299, 0.587, 0.114])  # the weights of the strong view's grays
 
 
 def _contrasting_color(rng, region, min_contrast, min_luma_contrast=0.0):
-    """A random colour at least `min_contrast` (RGB distance) and `min_luma_contrast`
+    """A random color at least `min_contrast` (RGB distance) and `min_luma_contrast`
     (luminance) away from the mean of `region`."""
     mean = region.reshape(-1, 3).mean(axis=0)
     for _ in range(50 if min_luma_contrast > 0 else 20):

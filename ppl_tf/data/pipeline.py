@@ -2,7 +2,7 @@
 
 Trainer batches (what `PPLTrainer.train_step` takes) are dicts of
   labeled_images (B, S, S, 3) float32 in [0, 255], labeled_masks (B, S, S) int32,
-  unlabeled_weak and unlabeled_strong (B', S, S, 3) float32 (one geometry, two colourings),
+  unlabeled_weak and unlabeled_strong (B', S, S, 3) float32 (one geometry, two colorings),
   unlabeled_valid (B', S, S) bool, False on pixels added by padding (they get no pseudo-label),
   unlabeled_masks (B', S, S) int32 when every unlabeled image has a mask (metrics only),
   unlabeled_cutmix_box (B', S, S) bool when CutMix is on.

@@ -1,6 +1,6 @@
 """Backbones of the segmenter: ResNet-50/101 from `keras.applications` and a tiny ResNet.
 
-A backbone is a `keras.Model` from a normalised image (B, H, W, 3) to two feature maps: the
+A backbone is a `keras.Model` from a normalized image (B, H, W, 3) to two feature maps: the
 stride-4 low-level features of the DeepLabv3+ decoder and the stride-16 (or 8) features of ASPP.
 """
 
@@ -17,7 +17,7 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 # keras.applications ResNets were trained on BGR images minus this mean, without scaling. The
-# first convolution's kernel is flipped to take RGB, so the model normalises with RGB means.
+# first convolution's kernel is flipped to take RGB, so the model normalizes with RGB means.
 RESNET_MEAN_RGB = (123.68, 116.779, 103.939)
 RESNET_STD_RGB = (1.0, 1.0, 1.0)
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
@@ -29,7 +29,7 @@ _RESNETS = {
 }
 
 
-def normalisation(backbone):
+def normalization(backbone):
     """(mean, std) per RGB channel that `backbone` expects of [0, 255] inputs."""
     if backbone in _RESNETS:
         return RESNET_MEAN_RGB, RESNET_STD_RGB
