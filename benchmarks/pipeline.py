@@ -68,9 +68,14 @@ def main(argv=None):
         ids = sorted(source.samples)
         half = len(ids) // 2
         dataset = semi_supervised_dataset(
-            source, ids[:half], ids[half:], args.batch, args.batch,
-            AugmentConfig(crop_size=args.crop, cutmix=True), seed=0,
-        )  # fmt: skip
+            source,
+            ids[:half],
+            ids[half:],
+            args.batch,
+            args.batch,
+            AugmentConfig(crop_size=args.crop, cutmix=True),
+            seed=0,
+        )
         iterator = iter(dataset)
         for _ in range(args.warmup):
             next(iterator)
@@ -81,11 +86,15 @@ def main(argv=None):
     assert batch["unlabeled_strong"].shape[1] == args.crop
     images = args.batches * 2 * args.batch
     result = {
-        "source_size": "500x375 JPEG", "crop": args.crop, "batch": f"{args.batch}+{args.batch}",
-        "batches": args.batches, "seconds": round(seconds, 2),
+        "source_size": "500x375 JPEG",
+        "crop": args.crop,
+        "batch": f"{args.batch}+{args.batch}",
+        "batches": args.batches,
+        "seconds": round(seconds, 2),
         "images_per_s": round(images / seconds, 1),
-        "batches_per_s": round(args.batches / seconds, 2), "cpu_count": os.cpu_count(),
-    }  # fmt: skip
+        "batches_per_s": round(args.batches / seconds, 2),
+        "cpu_count": os.cpu_count(),
+    }
     print(json.dumps(result))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

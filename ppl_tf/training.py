@@ -195,8 +195,16 @@ class PPLTrainer(keras.Model):
         self._group_variables()
 
         # === Metrics ===
-        names = ["loss", "loss_labeled", "loss_unlabeled_ce", "loss_contrast", "mask_ratio",
-                 "ema_alpha", "lr_head", "lr_backbone"]  # fmt: skip
+        names = [
+            "loss",
+            "loss_labeled",
+            "loss_unlabeled_ce",
+            "loss_contrast",
+            "mask_ratio",
+            "ema_alpha",
+            "lr_head",
+            "lr_backbone",
+        ]
         names += [f"loss_contrast_{i + 1}" for i in range(len(self.student_stages))]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.pseudo_iou = ConfusionMatrixIoU(self.num_classes, name="pseudo_miou")
@@ -461,11 +469,16 @@ class PPLTrainer(keras.Model):
         masked_small = _all_reduce_sum(tf.reduce_sum(mask_small))
         return [
             multi_prototype_contrastive_loss(
-                f, stage.memory.read(), pseudo_small, mask_small, self.gamma, self.margin,
+                f,
+                stage.memory.read(),
+                pseudo_small,
+                mask_small,
+                self.gamma,
+                self.margin,
                 normalizer=masked_small,
             )
             for f, stage in zip(features, self.student_stages, strict=True)
-        ]  # fmt: skip
+        ]
 
     def _update(self, grads):
         """Phase 3: the optimizer step. SGD's L2 decay (as PyTorch's SGD) and the backbone's
@@ -549,10 +562,12 @@ class PPLTrainer(keras.Model):
         for network, metric in ((self.student, self.student_iou), (self.teacher, self.teacher_iou)):
             prediction = tf.argmax(network(images, training=False), axis=-1, output_type=tf.int32)
             metric.add_increment(_all_reduce_sum(metric.increment(masks, prediction)))
-        return self._distributed_logs({
-            "student_miou": self.student_iou.result(),
-            "teacher_miou": self.teacher_iou.result(),
-        })  # fmt: skip
+        return self._distributed_logs(
+            {
+                "student_miou": self.student_iou.result(),
+                "teacher_miou": self.teacher_iou.result(),
+            }
+        )
 
     def per_class_iou(self, network="teacher"):
         """Per-class IoU of the last evaluation (NaN: class in neither truth nor prediction)."""
@@ -561,8 +576,13 @@ class PPLTrainer(keras.Model):
 
     @property
     def metrics(self):
-        return [*self.trackers.values(), self.pseudo_iou, self.pseudo_coverage,
-                self.student_iou, self.teacher_iou]  # fmt: skip
+        return [
+            *self.trackers.values(),
+            self.pseudo_iou,
+            self.pseudo_coverage,
+            self.student_iou,
+            self.teacher_iou,
+        ]
 
     def reset_metrics(self):
         super().reset_metrics()

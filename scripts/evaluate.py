@@ -113,12 +113,20 @@ def main(argv=None):
     print(format_table(source.class_names, {"IoU (%)": results["per_class_iou"]}))
     print(f"mIoU {100 * results['miou']:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "miou": results["miou"],
-            "per_class_iou": dict(zip(source.class_names, map(float, results["per_class_iou"]),
-                                      strict=True)),
-            "mode": mode, "model": description,
-        }, indent=2) + "\n")  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "miou": results["miou"],
+                    "per_class_iou": dict(
+                        zip(source.class_names, map(float, results["per_class_iou"]), strict=True)
+                    ),
+                    "mode": mode,
+                    "model": description,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -45,10 +45,13 @@ def main(argv=None):
         labeled = "1/1" if config.labeled == "all" else config.labeled
         splits = make_splits(source, labeled, seed=config.seed)
         splits, report = validate(
-            source, splits, full=args.full, skip_bad=args.skip_bad,
+            source,
+            splits,
+            full=args.full,
+            skip_bad=args.skip_bad,
             hint="(add --skip-bad --write-splits FOLDER to write split lists without them; "
             "train with labeled=FOLDER)",
-        )  # fmt: skip
+        )
     except DataError as error:
         print(f"validate.py: {error}", file=sys.stderr)
         return 1

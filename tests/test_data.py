@@ -226,9 +226,13 @@ def test_pipeline_views_share_geometry(tmp_path):
             if len(outside):
                 assert np.abs(outside.mean(0) - inside).max() > 1.0
         assert weak.shape == strong.shape
-    again = next(iter(semi_supervised_dataset(
-        source, splits.labeled, splits.unlabeled, 2, 3, AugmentConfig(crop_size=16), seed=3
-    )))  # fmt: skip
+    again = next(
+        iter(
+            semi_supervised_dataset(
+                source, splits.labeled, splits.unlabeled, 2, 3, AugmentConfig(crop_size=16), seed=3
+            )
+        )
+    )
     for key in batch:
         np.testing.assert_array_equal(again[key].numpy(), batch[key].numpy())
 
@@ -355,9 +359,14 @@ def test_unreadable_samples_are_left_out_and_named_once(custom, capsys):
     validate(source, splits)  # the header pass cannot see it
     skipped = SkippedSamples()
     ds = semi_supervised_dataset(
-        source, splits.labeled, splits.unlabeled, 2, 2, AugmentConfig(crop_size=16),
+        source,
+        splits.labeled,
+        splits.unlabeled,
+        2,
+        2,
+        AugmentConfig(crop_size=16),
         skipped=skipped,
-    )  # fmt: skip
+    )
     for _ in range(8):  # 4 passes over the two readable unlabeled images
         next(iter(ds))
     assert list(skipped.messages) == [("unlabeled", "img10")]

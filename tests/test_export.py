@@ -52,18 +52,34 @@ def test_signatures_seen_by_saved_model_cli(tiny_export, tmp_path):
     cli = Path(sys.executable).with_name("saved_model_cli")
     show = subprocess.run(
         [cli, "show", "--dir", folder, "--tag_set", "serve", "--signature_def", "serving_default"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "inputs['images']" in show and "DT_UINT8" in show and "(-1, -1, -1, 3)" in show
     assert "outputs['class_ids']" in show and "DT_INT32" in show
     assert "outputs['probabilities']" in show and "(-1, -1, -1, 5)" in show
     images = random_images((2, 41, 30), seed=3)
     np.save(tmp_path / "images.npy", images)
     subprocess.run(
-        [cli, "run", "--dir", folder, "--tag_set", "serve", "--signature_def", "serving_default",
-         "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir", tmp_path / "out"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            cli,
+            "run",
+            "--dir",
+            folder,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"images={tmp_path / 'images.npy'}",
+            "--outdir",
+            tmp_path / "out",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     class_ids = np.load(tmp_path / "out" / "class_ids.npy")
     expected = np.argmax(model(images.astype(np.float32), training=False), axis=-1)
     assert np.mean(class_ids == expected) >= 0.999

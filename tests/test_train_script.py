@@ -21,11 +21,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_run(tmp_path, out="run", **extra):
     """Overrides for a seconds-long run on a small digit-scene set."""
     values = {
-        "cache_dir": tmp_path / "cache", "digits_train_scenes": 40, "labeled": 8,
-        "epochs": 2, "steps_per_epoch": 3, "warmup_epochs": 1, "batch_size": 2,
-        "eval_batch_size": 50, "out": tmp_path / out, "export_dir": tmp_path / "exported",
+        "cache_dir": tmp_path / "cache",
+        "digits_train_scenes": 40,
+        "labeled": 8,
+        "epochs": 2,
+        "steps_per_epoch": 3,
+        "warmup_epochs": 1,
+        "batch_size": 2,
+        "eval_batch_size": 50,
+        "out": tmp_path / out,
+        "export_dir": tmp_path / "exported",
         "images_to_log": 2,
-    }  # fmt: skip
+    }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -42,9 +49,20 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
 
     returned = train(load_config(DEMO_CONFIG, tiny_run(tmp_path)))
     out = tmp_path / "run"
-    for name in ("config.yaml", "dataset.json", "best.weights.h5", "log.csv", "metrics.json",
-                 "per_class_iou.md", "student.keras", "teacher.keras", "predictions.png",
-                 "curves.png", "predictions/epoch_002.png", "pseudo_labels.png"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "dataset.json",
+        "best.weights.h5",
+        "log.csv",
+        "metrics.json",
+        "per_class_iou.md",
+        "student.keras",
+        "teacher.keras",
+        "predictions.png",
+        "curves.png",
+        "predictions/epoch_002.png",
+        "pseudo_labels.png",
+    ):
         assert (out / name).is_file(), name
     # per epoch and class: the pseudo-label share beside the labeled share
     shares = log_rows(out / "pseudo_labels.csv")
@@ -183,8 +201,15 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": ""}
         argv = [sys.executable, str(ROOT / "scripts" / "train.py"), "--strategy", "multi_worker"]
-        processes.append(subprocess.Popen([*argv, *overrides], env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [*argv, *overrides],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=600) for p in processes]
     codes = [p.returncode for p in processes]
     assert codes == [0, 0], "\n---\n".join(err[-2500:] for _, err in outputs)
@@ -217,8 +242,10 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
 @pytest.mark.parametrize(
     "argv, keys",
     [
-        (["--config", "configs/voc_r50.yaml", "optimizer=adamw"],
-         ("optimizer='adamw'", "backbone_lr_multiplier=0.1")),
+        (
+            ["--config", "configs/voc_r50.yaml", "optimizer=adamw"],
+            ("optimizer='adamw'", "backbone_lr_multiplier=0.1"),
+        ),
         (["backbone_lr_multiplier=0.5"], ("optimizer='adamw'", "backbone_lr_multiplier=0.5")),
         (["backbone=tiny", "backbone_weights=imagenet"], ("backbone=tiny", "backbone_weights")),
         (["noise_ratio=0.2", "use_unlabeled=false"], ("noise_ratio=0.2", "use_unlabeled=false")),
@@ -227,7 +254,7 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
         (["eval_crop=0"], ("eval_crop",)),
         (["export_network=both"], ("export_network",)),
     ],
-)  # fmt: skip
+)
 def test_config_mistakes_stop_before_any_data_is_read(argv, keys, capsys, monkeypatch):
     import ppl_tf.run
 
@@ -272,10 +299,19 @@ def truncate(path):
 
 def folder_run(tmp_path, data, out="run", **extra):
     values = {
-        "dataset": "custom", "data_dir": data, "labeled": 4, "crop_size": 16, "epochs": 2,
-        "steps_per_epoch": 3, "warmup_epochs": 0, "batch_size": 2, "eval_batch_size": 4,
-        "export": False, "images_to_log": 0, "out": tmp_path / out,
-    }  # fmt: skip
+        "dataset": "custom",
+        "data_dir": data,
+        "labeled": 4,
+        "crop_size": 16,
+        "epochs": 2,
+        "steps_per_epoch": 3,
+        "warmup_epochs": 0,
+        "batch_size": 2,
+        "eval_batch_size": 4,
+        "export": False,
+        "images_to_log": 0,
+        "out": tmp_path / out,
+    }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -304,8 +340,10 @@ def test_corrupt_unlabeled_image_is_skipped_with_a_warning_not_a_hang(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: unlabeled sample left out: {bad}: cannot decode the image "
-                        "(image file is truncated)"]  # fmt: skip
+    assert warnings == [
+        f"warning: unlabeled sample left out: {bad}: cannot decode the image "
+        "(image file is truncated)"
+    ]
     assert "data: 1 sample(s) could not be read and were left out:" in result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 6 and list(metrics["skipped_samples"]) == ["unlabeled/img13"]
@@ -327,8 +365,9 @@ def test_corrupt_labeled_image_is_refused_with_commands_that_go_on(tmp_path):
     assert not (tmp_path / "run" / "log.csv").exists()  # refused before training
     # The hint is two commands; run them as a user would paste them.
     lines = result.stderr.splitlines()
-    start = lines.index("To train without them, write split lists that leave them out and "
-                        "train on those:")  # fmt: skip
+    start = lines.index(
+        "To train without them, write split lists that leave them out and train on those:"
+    )
     validate, train = (shlex.split(line) for line in lines[start + 1 : start + 3])
     assert validate[1].endswith("validate.py") and "--skip-bad" in validate
     checked = run_script(validate, cwd=tmp_path)
@@ -372,10 +411,22 @@ def test_progress_bar_is_short_and_the_log_keeps_every_metric(finished_run):
     assert all("loss_labeled" in bar and "mask_ratio" in bar for bar in bars)
     assert "loss_contrast" not in printed and "lr_head" not in printed
     columns = set(log_rows(run / "log.csv")[0])
-    assert columns >= {"loss", "loss_labeled", "loss_unlabeled_ce", "loss_contrast",
-                       "loss_contrast_1", "loss_contrast_2", "mask_ratio", "ema_alpha",
-                       "lr_head", "lr_backbone", "pseudo_miou", "pseudo_recall",
-                       "val_teacher_miou", "val_student_miou"}  # fmt: skip
+    assert columns >= {
+        "loss",
+        "loss_labeled",
+        "loss_unlabeled_ce",
+        "loss_contrast",
+        "loss_contrast_1",
+        "loss_contrast_2",
+        "mask_ratio",
+        "ema_alpha",
+        "lr_head",
+        "lr_backbone",
+        "pseudo_miou",
+        "pseudo_recall",
+        "val_teacher_miou",
+        "val_student_miou",
+    }
 
 
 @pytest.mark.slow
@@ -426,8 +477,9 @@ def test_run_folder_round_trips_through_export_evaluate_and_predict(finished_run
     assert (masks / "scene_mask.png").is_file()
 
     # Without --network: the run's export_network (config.yaml), here edited to "student".
-    config = (run / "config.yaml").read_text().replace("export_network: best",
-                                                       "export_network: student")  # fmt: skip
+    config = (
+        (run / "config.yaml").read_text().replace("export_network: best", "export_network: student")
+    )
     edited = tmp_path / "edited_run"
     edited.mkdir()
     for name in ("dataset.json", "metrics.json", "student.keras"):

@@ -77,9 +77,7 @@ def _place(rng, boxes, side, size, tries=20):
     """A top-left corner for a `side` square that overlaps no box in `boxes`, or None."""
     for _ in range(tries):
         y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
-        if all(
-            y0 + side <= y or y + s <= y0 or x0 + side <= x or x + s <= x0 for y, x, s in boxes
-        ):
+        if all(y0 + side <= y or y + s <= y0 or x0 + side <= x or x + s <= x0 for y, x, s in boxes):
             return y0, x0
     return None
 

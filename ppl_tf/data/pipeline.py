@@ -234,9 +234,15 @@ def semi_supervised_dataset(
         source, labeled, labeled_batch_size, augment, seed, convert_images, cache, skipped
     )
     unl = unlabeled_stream(
-        source, unlabeled, unlabeled_batch_size, augment, seed + 100, convert_images, cache,
+        source,
+        unlabeled,
+        unlabeled_batch_size,
+        augment,
+        seed + 100,
+        convert_images,
+        cache,
         skipped,
-    )  # fmt: skip
+    )
 
     def merge(lab_batch, unl_batch):
         images, masks = lab_batch
