@@ -155,8 +155,10 @@ def check_here(work):
     metrics = json.loads((out / "metrics.json").read_text())
     if metrics["steps"] != 3:
         raise CheckFailed(f"train.py ran {metrics['steps']} steps, not 3")
+    from ppl_tf.inference import METADATA_FILE, ONNX_FILE, SAVED_MODEL_FILE
+
     version_dir = exported / "check" / "1"
-    for name in ("saved_model.pb", "model.onnx", "metadata.json"):
+    for name in (SAVED_MODEL_FILE, ONNX_FILE, METADATA_FILE):
         if not (version_dir / name).is_file():
             raise CheckFailed(f"train.py exported no {version_dir / name}")
 
@@ -185,7 +187,7 @@ def check_here(work):
     from ppl_tf.inference import ExportedModel, read_rgb
 
     pixels = read_rgb(image)
-    num_classes = len(json.loads((version_dir / "metadata.json").read_text())["class_names"])
+    num_classes = len(json.loads((version_dir / METADATA_FILE).read_text())["class_names"])
     mask = np.asarray(Image.open(predictions / f"{image.stem}_mask.png"))
     if mask.shape != pixels.shape[:2] or mask.max() >= num_classes:
         raise CheckFailed(f"predict.py's mask: shape {mask.shape}, largest id {mask.max()}")
