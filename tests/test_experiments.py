@@ -66,6 +66,21 @@ def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_p
     assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text
 
 
+def test_methods_narrow_table3_and_heldout_in_seed_order():
+    experiments = load()
+    names = [
+        n for n, _ in experiments.plan([0, 1], ["table3", "heldout"], methods=("ppl", "sup_only"))
+    ]
+    assert names == [
+        "table3/sup_only_s0",
+        "table3/ppl_s0",
+        "table3/sup_only_s1",
+        "table3/ppl_s1",
+        "heldout/sup_only_s0",
+        "heldout/ppl_s0",
+    ]
+
+
 @pytest.mark.slow
 def test_parallel_jobs_run_in_processes_and_reach_the_summary(tmp_path, capsys):
     experiments = load()
