@@ -289,8 +289,8 @@ def load_config(path=None, overrides=()):
 
 
 def dataset_source(config, verbose=False):
-    """The `SegmentationSource` a config names (digit scenes are materialised on first use)."""
-    from ppl_tf.data.digit_scenes import DigitSceneConfig, crowded_scenes, materialise
+    """The `SegmentationSource` a config names (digit scenes are materialized on first use)."""
+    from ppl_tf.data.digit_scenes import DigitSceneConfig, crowded_scenes, materialize
     from ppl_tf.data.sources import load_source
 
     if config.dataset == "digits":
@@ -299,7 +299,7 @@ def dataset_source(config, verbose=False):
         )
         if config.digits_layout == "crowded":
             scenes = crowded_scenes(scenes)
-        return load_source("custom", materialise(config.cache_dir, scenes, verbose=verbose))
+        return load_source("custom", materialize(config.cache_dir, scenes, verbose=verbose))
     return load_source(config.dataset, config.data_dir, config.tfds_data_dir)
 
 

@@ -462,7 +462,7 @@ class PPLTrainer(keras.Model):
         return cross_entropy, self._contrast_losses(features, pseudo, mask)
 
     def _contrast_losses(self, features, pseudo, mask):
-        """Eq. 1 per stage, at feature resolution (labels and mask by nearest neighbour)."""
+        """Eq. 1 per stage, at feature resolution (labels and mask by nearest neighbor)."""
         size = tf.shape(features[0])[1:3]
         pseudo_small = _downsample_labels(pseudo, size)
         mask_small = _downsample_labels(mask, size)

@@ -160,7 +160,7 @@ def run_parallel(todo, out, cache_dir, jobs):
         "TF_NUM_INTEROP_THREADS": threads,
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    # Processes that start together may each write the digit scenes; materialise() renames a
+    # Processes that start together may each write the digit scenes; materialize() renames a
     # finished folder into place, so they cannot see each other's half-written files.
 
     def one(item):
@@ -216,7 +216,7 @@ def fmt(triple, seeds=None):
     return f"{100 * mean:.2f} ± {100 * std:.2f}{partial}"
 
 
-def summarise(out, seeds):
+def summarize(out, seeds):
     """Tables from the run folders -> summary.json, summary.md and fig4.png."""
     summary = {"seeds": list(seeds), "table3": {}, "noise": {}, "fig4": {}, "heldout": {}}
     for name in TABLE3:
@@ -368,7 +368,7 @@ def main(argv=None):
     start = time.perf_counter()
     say(f"experiments: {' '.join(args.only)}, seeds {seeds}, --jobs {args.jobs}")
     ran = run_all(plan(seeds, args.only, budget, args.methods), out, args.cache_dir, args.jobs)
-    summary = summarise(out, seeds)
+    summary = summarize(out, seeds)
     say(f"experiments: {time.perf_counter() - start:.0f} s, {ran} runs (others finished before)")
     return summary
 

@@ -28,7 +28,7 @@ from ppl_tf.data.augment import (
 )
 from ppl_tf.data.classes import CITYSCAPES_ID_TO_TRAIN_ID, VOC_PALETTE
 from ppl_tf.data.decode import read_mask
-from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
+from ppl_tf.data.digit_scenes import DigitSceneConfig, materialize
 from ppl_tf.data.splits import generate_partition
 
 
@@ -434,7 +434,7 @@ def test_crowded_layout_has_more_smaller_digits_and_more_background(tmp_path):
 
     standard = DigitSceneConfig(num_train=8, num_val=2, seed=1)
     roots = {
-        name: materialise(tmp_path / name, config, verbose=False)
+        name: materialize(tmp_path / name, config, verbose=False)
         for name, config in (("standard", standard), ("crowded", crowded_scenes(standard)))
     }
     import json
@@ -450,8 +450,8 @@ def test_crowded_layout_has_more_smaller_digits_and_more_background(tmp_path):
 
 def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):
     config = DigitSceneConfig(num_train=12, num_val=4, size=48, seed=3)
-    a = materialise(tmp_path / "a", config, verbose=False)
-    b = materialise(tmp_path / "b", config, verbose=False)
+    a = materialize(tmp_path / "a", config, verbose=False)
+    b = materialize(tmp_path / "b", config, verbose=False)
     assert _digest(a) == _digest(b)
     import json
 
@@ -464,7 +464,7 @@ def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):
     source = custom_source(a)
     splits = make_splits(source, labeled="1/4", seed=0)
     assert len(splits.labeled) == 3 and len(splits.val) == 4
-    c = materialise(
+    c = materialize(
         tmp_path / "c", DigitSceneConfig(num_train=12, num_val=4, size=48, seed=4), verbose=False
     )
     assert _digest(c) != _digest(a)

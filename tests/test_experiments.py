@@ -14,7 +14,7 @@ def load():
 
 
 @pytest.mark.slow
-def test_quick_table3_runs_skips_when_restarted_and_summarises(tmp_path, capsys):
+def test_quick_table3_runs_skips_when_restarted_and_summarizes(tmp_path, capsys):
     experiments = load()
     argv = [
         "--quick",
@@ -60,7 +60,7 @@ def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_p
         folder.mkdir(parents=True)
         metrics = {"teacher_miou": 0.1 + 0.1 * k, "student_miou": 0.15 + 0.1 * k}
         (folder / "metrics.json").write_text(json.dumps(metrics))
-    summary = experiments.summarise(tmp_path, [3])
+    summary = experiments.summarize(tmp_path, [3])
     assert summary["heldout"]["baseline"] == {"teacher_miou": 0.2, "student_miou": 0.25}
     text = (tmp_path / "summary.md").read_text()
     assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text

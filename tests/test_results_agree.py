@@ -20,7 +20,7 @@ def test_summary_is_recomputed_from_the_run_folders(tmp_path):
             target = tmp_path / path.relative_to(RESULTS)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, target)
-    load().summarise(tmp_path, [0, 1, 2])
+    load().summarize(tmp_path, [0, 1, 2])
     assert (tmp_path / "summary.md").read_text() == (RESULTS / "summary.md").read_text()
 
 

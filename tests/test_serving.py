@@ -33,10 +33,10 @@ def servers(tiny_export):
 @pytest.fixture(scope="module")
 def real_image(tmp_path_factory):
     """A digit scene: a real (non-random) image, as uint8 pixels and PNG bytes."""
-    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
+    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialize
 
     config = DigitSceneConfig(num_train=2, num_val=1, size=48, seed=5)
-    root = materialise(tmp_path_factory.mktemp("scenes"), config, verbose=False)
+    root = materialize(tmp_path_factory.mktemp("scenes"), config, verbose=False)
     path = root / "images" / "val_00000.png"
     return np.asarray(Image.open(path).convert("RGB")), path.read_bytes()
 

@@ -1,7 +1,7 @@
 """Paired image/mask augmentation in TensorFlow, reproducible from a seed.
 
 Weak view: random scale (0.5-2.0), random crop (labels padded with 255), horizontal flip; the
-image is resized bilinearly, the mask only ever by nearest neighbour. Strong view: the weak view
+image is resized bilinearly, the mask only ever by nearest neighbor. Strong view: the weak view
 plus color jitter, grayscale and Gaussian blur: the same geometry, other colors. CutMix pastes
 a box of the partner image (`cutmix_partner`: the previous image of the batch) into the strong
 view; the box travels with the batch so the trainer mixes the pseudo-labels identically.

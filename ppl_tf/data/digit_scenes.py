@@ -6,7 +6,7 @@ gradients, rectangles, lines and noise). The per-pixel class is the digit (class
 ids 1-10) or background (id 0). Train and val scenes draw their digits from disjoint pools of
 the 1,797 images, so val measures generalization to unseen handwriting.
 
-`materialise()` writes the scenes once into a cache folder in the custom format
+`materialize()` writes the scenes once into a cache folder in the custom format
 (`ppl_tf.data.sources`), so they go through the same loader as a user's data.
 """
 
@@ -142,13 +142,13 @@ def class_frequencies(masks_dir):
     return counts
 
 
-def materialise(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbose=True) -> Path:
+def materialize(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbose=True) -> Path:
     """Writes the scenes under `cache_dir` (once per config) and returns the dataset folder.
 
     The folder holds images/, masks/, classes.txt, palette.txt, splits/val.txt and stats.json
     (class pixel frequencies, pools, generation time). A folder written for the same config is
     reused as it is. The scenes are written into a private temporary folder that is renamed
-    into place at the end, so processes that materialise at the same time (the workers of a
+    into place at the end, so processes that materialize at the same time (the workers of a
     multi-worker run) never read a half-written dataset.
     """
     from ppl_tf.data.classes import default_palette
