@@ -58,8 +58,13 @@ def main(argv=None):
         )
         params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
         macs = int(multiply_adds(model, args.size))
-        row = {"backbone": args.backbone, "num_stages": n, "size": args.size,
-               "params": params, "macs": macs}  # fmt: skip
+        row = {
+            "backbone": args.backbone,
+            "num_stages": n,
+            "size": args.size,
+            "params": params,
+            "macs": macs,
+        }
         if args.backbone == "resnet50" and args.size == 512 and args.num_classes == 21:
             row["paper_params_m"], row["paper_gflops"] = PAPER.get(n, (None, None))
         rows.append(row)

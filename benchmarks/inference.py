@@ -87,10 +87,15 @@ def main(argv=None):
                 for path, fn in paths.items():
                     median, low, high = timed(fn, args.runs, args.warmup)
                     row = {
-                        "backbone": backbone, "path": path, "batch": batch, "size": args.size,
-                        "median_s": round(median, 4), "min_s": round(low, 4),
-                        "max_s": round(high, 4), "images_per_s": round(batch / median, 2),
-                    }  # fmt: skip
+                        "backbone": backbone,
+                        "path": path,
+                        "batch": batch,
+                        "size": args.size,
+                        "median_s": round(median, 4),
+                        "min_s": round(low, 4),
+                        "max_s": round(high, 4),
+                        "images_per_s": round(batch / median, 2),
+                    }
                     rows.append(row)
                     print(json.dumps(row))
     macs = {}

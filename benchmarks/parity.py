@@ -52,12 +52,14 @@ def main(argv=None):
                 class_ids, probabilities = exported.predict(images)
                 log_p = np.log(np.maximum(probabilities.astype(np.float64), 1e-30))
                 row = {
-                    "backbone": args.backbone, "size": size, "path": name,
+                    "backbone": args.backbone,
+                    "size": size,
+                    "path": name,
                     "class_agreement": float(np.mean(class_ids == ids)),
                     "relative_logprob_error": float(
                         np.max(np.abs(log_p - reference)) / np.max(np.abs(reference))
                     ),
-                }  # fmt: skip
+                }
                 rows.append(row)
                 print(json.dumps(row))
     out = Path(args.out)

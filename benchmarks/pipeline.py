@@ -3,9 +3,9 @@
     python benchmarks/pipeline.py                          # 500x375 JPEGs, crop 512, batch 8+8
     python benchmarks/pipeline.py --images 16 --batches 5 --crop 128      # seconds
 
-Writes `--images` synthetic 500x375 JPEGs (smooth colour fields, VOC-sized) with PNG masks into a
+Writes `--images` synthetic 500x375 JPEGs (smooth color fields, VOC-sized) with PNG masks into a
 temporary custom-format folder, then times `semi_supervised_dataset` (decode, scale 0.5-2.0,
-crop with 255 padding, flip, colour jitter, grayscale, blur, CutMix boxes on) for `--batches`
+crop with 255 padding, flip, color jitter, grayscale, blur, CutMix boxes on) for `--batches`
 batches after `--warmup` batches. Images/s counts every image a batch holds (labeled images +
 unlabeled images; each unlabeled image comes as a weak and a strong view). Writes
 results/pipeline.json.
@@ -68,9 +68,14 @@ def main(argv=None):
         ids = sorted(source.samples)
         half = len(ids) // 2
         dataset = semi_supervised_dataset(
-            source, ids[:half], ids[half:], args.batch, args.batch,
-            AugmentConfig(crop_size=args.crop, cutmix=True), seed=0,
-        )  # fmt: skip
+            source,
+            ids[:half],
+            ids[half:],
+            args.batch,
+            args.batch,
+            AugmentConfig(crop_size=args.crop, cutmix=True),
+            seed=0,
+        )
         iterator = iter(dataset)
         for _ in range(args.warmup):
             next(iterator)
@@ -81,11 +86,15 @@ def main(argv=None):
     assert batch["unlabeled_strong"].shape[1] == args.crop
     images = args.batches * 2 * args.batch
     result = {
-        "source_size": "500x375 JPEG", "crop": args.crop, "batch": f"{args.batch}+{args.batch}",
-        "batches": args.batches, "seconds": round(seconds, 2),
+        "source_size": "500x375 JPEG",
+        "crop": args.crop,
+        "batch": f"{args.batch}+{args.batch}",
+        "batches": args.batches,
+        "seconds": round(seconds, 2),
         "images_per_s": round(images / seconds, 1),
-        "batches_per_s": round(args.batches / seconds, 2), "cpu_count": os.cpu_count(),
-    }  # fmt: skip
+        "batches_per_s": round(args.batches / seconds, 2),
+        "cpu_count": os.cpu_count(),
+    }
     print(json.dumps(result))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -50,27 +50,48 @@ def synthetic_batches(crop, batch, num_classes, seed=0):
     images = rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32)
     masks = rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32)
     element = {
-        "labeled_images": images, "labeled_masks": masks,
-        "unlabeled_weak": images[::-1].copy(), "unlabeled_strong": images[::-1] * 0.9,
-    }  # fmt: skip
+        "labeled_images": images,
+        "labeled_masks": masks,
+        "unlabeled_weak": images[::-1].copy(),
+        "unlabeled_strong": images[::-1] * 0.9,
+    }
     return tf.data.Dataset.from_tensors(element).repeat()
 
 
-def time_config(backbone, crop, batch, num_stages, steps, warmup, output_stride=16,
-                precision="float32", num_classes=21):  # fmt: skip
+def time_config(
+    backbone,
+    crop,
+    batch,
+    num_stages,
+    steps,
+    warmup,
+    output_stride=16,
+    precision="float32",
+    num_classes=21,
+):
     from ppl_tf.models import build_segmenter
     from ppl_tf.training import PPLTrainer
 
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
     try:
-        student = build_segmenter(num_classes, backbone, num_stages=num_stages,
-                                  output_stride=output_stride, backbone_weights=None)  # fmt: skip
+        student = build_segmenter(
+            num_classes,
+            backbone,
+            num_stages=num_stages,
+            output_stride=output_stride,
+            backbone_weights=None,
+        )
         trainer = PPLTrainer(student, total_steps=1000, warmup_steps=0, tau=0.0)
         trainer.compile(base_lr=0.001)
         timer = StepTimer()
-        trainer.fit(synthetic_batches(crop, batch, num_classes), steps_per_epoch=steps + warmup,
-                    epochs=1, verbose=0, callbacks=[timer])  # fmt: skip
+        trainer.fit(
+            synthetic_batches(crop, batch, num_classes),
+            steps_per_epoch=steps + warmup,
+            epochs=1,
+            verbose=0,
+            callbacks=[timer],
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     times = timer.times[warmup:]
@@ -89,9 +110,16 @@ def parse_spec(spec):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+",
-                        default=["tiny:64:8:8", "tiny:64:8:8:mixed_bfloat16", "resnet50:256:2",
-                                 "resnet50:256:2:16:mixed_bfloat16"])  # fmt: skip
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=[
+            "tiny:64:8:8",
+            "tiny:64:8:8:mixed_bfloat16",
+            "resnet50:256:2",
+            "resnet50:256:2:16:mixed_bfloat16",
+        ],
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS))
@@ -101,14 +129,22 @@ def main(argv=None):
         backbone, crop, batch, output_stride, precision = parse_spec(spec)
         medians = {}
         for n in (0, 2):
-            median, low, high = time_config(backbone, crop, batch, n, args.steps, args.warmup,
-                                            output_stride, precision)  # fmt: skip
+            median, low, high = time_config(
+                backbone, crop, batch, n, args.steps, args.warmup, output_stride, precision
+            )
             medians[n] = median
-            row = {"backbone": backbone, "crop": crop, "batch": f"{batch}+{batch}",
-                   "output_stride": output_stride, "precision": precision,
-                   "num_stages": n, "median_s": round(median, 4), "min_s": round(low, 4),
-                   "max_s": round(high, 4),
-                   "images_per_s": round(2 * batch / median, 2)}  # fmt: skip
+            row = {
+                "backbone": backbone,
+                "crop": crop,
+                "batch": f"{batch}+{batch}",
+                "output_stride": output_stride,
+                "precision": precision,
+                "num_stages": n,
+                "median_s": round(median, 4),
+                "min_s": round(low, 4),
+                "max_s": round(high, 4),
+                "images_per_s": round(2 * batch / median, 2),
+            }
             if n == 2:
                 row["overhead_pct"] = round(100 * (median / medians[0] - 1), 1)
             rows.append(row)
@@ -123,9 +159,11 @@ def main(argv=None):
     ]
     for r in rows:
         overhead = f"{r['overhead_pct']:+.1f}%" if "overhead_pct" in r else "-"
-        lines.append(f"| {r['backbone']} | {r['crop']} | {r['batch']} | {r['output_stride']} | "
-                     f"{r['precision']} | {r['num_stages']} | "
-                     f"{r['median_s']:.3f} | {r['images_per_s']:.1f} | {overhead} |")  # fmt: skip
+        lines.append(
+            f"| {r['backbone']} | {r['crop']} | {r['batch']} | {r['output_stride']} | "
+            f"{r['precision']} | {r['num_stages']} | "
+            f"{r['median_s']:.3f} | {r['images_per_s']:.1f} | {overhead} |"
+        )
     (out / "train_step.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

@@ -6,7 +6,14 @@ Every key of a file or override must be a field of `TrainConfig`; an unknown key
 the wrong type or an invalid choice is a `ConfigError` naming the file (or override) and the key.
 So is a combination of keys that cannot work together (`TrainConfig.__post_init__` holds every
 rule that involves more than one key), so that a run stops before it reads any data.
-`configs/demo.yaml` holds the defaults of `scripts/train.py` without arguments.
+
+Which settings a run gets:
+- `scripts/train.py` without `--config` runs `configs/demo.yaml` (`DEMO_CONFIG`): the digit
+  scenes with the tiny backbone trained from scratch, hence AdamW (LR 0.002, no smaller backbone
+  LR), lambda 0.5 and output stride 8; see the file's comments.
+- `configs/voc_r*.yaml` and `configs/cityscapes_r*.yaml` are the paper's settings (Sec. 4.2).
+- A key that a file and the overrides leave out takes `TrainConfig`'s default (see its
+  docstring): the paper's VOC method and optimization, the same as `PPLTrainer`'s defaults.
 """
 
 import dataclasses
@@ -18,11 +25,20 @@ from pathlib import Path
 
 import yaml
 
+from ppl_tf.choices import (
+    BACKBONES,
+    EXPORT_NETWORKS,
+    OPTIMIZERS,
+    OUTPUT_STRIDES,
+    PRECISIONS,
+    STRATEGIES,
+)
+
+# What scripts/train.py, scripts/validate.py and scripts/experiments.py run without --config. A
+# file of the source tree: configs/ is not installed with the package.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 DATASETS = ("digits", "voc", "cityscapes", "cityscapes_tfds", "custom")
-STRATEGIES = ("auto", "one", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 DIGIT_LAYOUTS = ("standard", "crowded")
-EXPORT_NETWORKS = ("best", "teacher", "student")
 
 
 class ConfigError(ValueError):
@@ -31,6 +47,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Every setting of a run (the keys of a config file), checked as a whole when created.
+
+    The defaults tell one story with the library's: the method and the optimization are the
+    paper's VOC setting (Sec. 4.2, configs/voc_r50.yaml): SGD 0.9 from LR 0.01 with the
+    backbone's LR x0.1, weight decay 1e-4, lambda 0.1, tau 0.8, gamma 32, m 0.25, n = 2 stages,
+    T = 10, output stride 16, 80 epochs with 10 of warm-up, batches of 8 + 8: the defaults of
+    `PPLTrainer`, its `compile` and `build_segmenter`. The data and the model's size default to
+    what runs anywhere without a download (the digit scenes, 64-pixel crops, the tiny
+    backbone), not to VOC with an ImageNet ResNet-50. `configs/demo.yaml`, what train.py runs
+    without --config, sets its own optimization for the tiny backbone (see the module
+    docstring).
+    """
+
     # data
     dataset: str = "digits"  # digits | voc | cityscapes | cityscapes_tfds | custom
     # root of voc/cityscapes/custom data; cityscapes_tfds: the folder with the two zips
@@ -62,7 +91,7 @@ class TrainConfig:
     use_push: bool = True  # pushing (Eq. 1)
     use_unlabeled: bool = True  # False: supervised only
     tau: float = 0.8
-    unsupervised_weight: float = 0.5
+    unsupervised_weight: float = 0.1  # lambda of Eq. 7: 0.1 on VOC, 0.5 on Cityscapes
     gamma: float = 32.0
     margin: float = 0.25
     ohem: bool = False
@@ -71,7 +100,7 @@ class TrainConfig:
     ema_alpha_start: float = 0.99  # the teacher's EMA rate rises from start to end (cosine)
     ema_alpha_end: float = 1.0
     noise_ratio: float | None = None  # Appendix A: pseudo-labels from noisy ground truth
-    # optimisation
+    # optimization
     optimizer: str = "sgd"  # sgd (paper) | adamw
     base_lr: float = 0.01
     backbone_lr_multiplier: float = 0.1
@@ -101,9 +130,9 @@ class TrainConfig:
             "dataset": DATASETS,
             "strategy": STRATEGIES,
             "precision": PRECISIONS,
-            "backbone": ("tiny", "resnet50", "resnet101"),
-            "optimizer": ("sgd", "adamw"),
-            "output_stride": (8, 16),
+            "backbone": BACKBONES,
+            "optimizer": OPTIMIZERS,
+            "output_stride": OUTPUT_STRIDES,
             "digits_layout": DIGIT_LAYOUTS,
             "export_network": EXPORT_NETWORKS,
         }
@@ -125,8 +154,9 @@ class TrainConfig:
         if self.noise_ratio is not None and not 0 <= self.noise_ratio <= 1:
             raise ConfigError(f"noise_ratio: must be in [0, 1] or null, got {self.noise_ratio}")
         if not 0 < self.scale_min <= self.scale_max:
-            raise ConfigError(f"scale_min/scale_max: need 0 < min <= max, got {self.scale_min}, "
-                              f"{self.scale_max}")  # fmt: skip
+            raise ConfigError(
+                f"scale_min/scale_max: need 0 < min <= max, got {self.scale_min}, {self.scale_max}"
+            )
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(
                 "warmup_epochs/epochs: need 0 <= warmup_epochs <= epochs, got "
@@ -259,8 +289,8 @@ def load_config(path=None, overrides=()):
 
 
 def dataset_source(config, verbose=False):
-    """The `SegmentationSource` a config names (digit scenes are materialised on first use)."""
-    from ppl_tf.data.digit_scenes import DigitSceneConfig, crowded_scenes, materialise
+    """The `SegmentationSource` a config names (digit scenes are materialized on first use)."""
+    from ppl_tf.data.digit_scenes import DigitSceneConfig, crowded_scenes, materialize
     from ppl_tf.data.sources import load_source
 
     if config.dataset == "digits":
@@ -269,7 +299,7 @@ def dataset_source(config, verbose=False):
         )
         if config.digits_layout == "crowded":
             scenes = crowded_scenes(scenes)
-        return load_source("custom", materialise(config.cache_dir, scenes, verbose=verbose))
+        return load_source("custom", materialize(config.cache_dir, scenes, verbose=verbose))
     return load_source(config.dataset, config.data_dir, config.tfds_data_dir)
 
 

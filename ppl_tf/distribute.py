@@ -9,7 +9,7 @@
 - "auto": "mirrored" when more than one GPU is visible, else "one".
 
 Only the chief worker writes logs, checkpoints and exports: `is_chief()` tells which process
-that is.
+that is, `task_index()` which worker it is. `TF_CONFIG` is read here and nowhere else.
 """
 
 import json
@@ -17,7 +17,7 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one", "mirrored", "multi_worker")
+from ppl_tf.choices import STRATEGIES
 
 
 class StrategyError(RuntimeError):
@@ -25,7 +25,7 @@ class StrategyError(RuntimeError):
 
 
 def configure_cpu_replicas(count):
-    """Splits the CPU into `count` logical devices (before TensorFlow initialises devices)."""
+    """Splits the CPU into `count` logical devices (before TensorFlow initializes devices)."""
     cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(
@@ -33,7 +33,7 @@ def configure_cpu_replicas(count):
         )
     except RuntimeError as error:
         raise StrategyError(
-            f"cpu_replicas={count}: TensorFlow's devices are already initialised ({error})"
+            f"cpu_replicas={count}: TensorFlow's devices are already initialized ({error})"
         ) from None
 
 
@@ -52,16 +52,22 @@ def cpu_mirrored_strategy(devices):
     )
 
 
-def _tf_config():
+def _read_tf_config():
+    """The parsed TF_CONFIG, or None when it is not set (ValueError when it is not JSON)."""
     raw = os.environ.get("TF_CONFIG")
-    if not raw:
+    return json.loads(raw) if raw else None
+
+
+def _tf_config():
+    """TF_CONFIG checked as a cluster description (StrategyError naming what is wrong)."""
+    if not os.environ.get("TF_CONFIG"):
         raise StrategyError(
             "strategy multi_worker needs the TF_CONFIG environment variable, e.g. "
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
             '"task": {"type": "worker", "index": 0}}'
         )
     try:
-        config = json.loads(raw)
+        config = _read_tf_config()
         workers = config["cluster"]["worker"]
         task = config["task"]
         if not workers or task["type"] not in ("worker", "chief"):
@@ -73,11 +79,10 @@ def _tf_config():
 
 def is_chief():
     """True unless this process is a non-chief worker of a multi-worker cluster."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return True
     try:
-        config = json.loads(raw)
+        config = _read_tf_config()
+        if config is None:
+            return True
         task = config.get("task", {})
         if task.get("type") == "chief":
             return True
@@ -85,6 +90,13 @@ def is_chief():
         return not has_chief and task.get("type") == "worker" and task.get("index", 0) == 0
     except (ValueError, AttributeError):
         return True
+
+
+def task_index():
+    """This worker's index in TF_CONFIG's cluster (0 without TF_CONFIG): non-chief workers
+    write into `.worker_<index>` of the run folder."""
+    config = _read_tf_config()
+    return int(config["task"].get("index", 0)) if config else 0
 
 
 def make_strategy(name="auto", cpu_replicas=None):

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ppl_tf.losses import IGNORE_LABEL
+from ppl_tf.data.classes import IGNORE_LABEL
 
 
 def keras_predictor(model):
@@ -31,16 +31,22 @@ def saved_model_predictor(path):
     import json
     from pathlib import Path
 
-    from ppl_tf.inference import resolve_version
+    from ppl_tf.inference import (
+        DEFAULT_SIGNATURE,
+        INPUT_NAME,
+        METADATA_FILE,
+        PROBABILITIES,
+        resolve_version,
+    )
 
     folder = resolve_version(path)
-    signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
-    metadata_file = Path(folder) / "metadata.json"
+    signature = tf.saved_model.load(str(folder)).signatures[DEFAULT_SIGNATURE]
+    metadata_file = Path(folder) / METADATA_FILE
     metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
 
     def run(images):
         images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
-        return signature(images=images)["probabilities"]
+        return signature(**{INPUT_NAME: images})[PROBABILITIES]
 
     return run, metadata
 

@@ -27,13 +27,19 @@ import numpy as np
 import tensorflow as tf
 
 import ppl_tf
+from ppl_tf.choices import EXPORT_NETWORKS
+from ppl_tf.inference import (
+    BYTES_INPUT_NAME,
+    BYTES_SIGNATURE,
+    CLASS_IDS,
+    DEFAULT_SIGNATURE,
+    INPUT_NAME,
+    METADATA_FILE,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    PROBABILITIES,
+)
 
-INPUT_NAME = "images"
-BYTES_INPUT_NAME = "image_bytes"
-OUTPUT_NAMES = ("class_ids", "probabilities")
-BYTES_SIGNATURE = "predict_image_bytes"
-ONNX_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
 ONNX_OPSET = 17
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)
 BYTES_SPEC = tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)
@@ -46,8 +52,8 @@ class ExportError(RuntimeError):
 def _outputs(model, images):
     logits = model(tf.cast(images, tf.float32), training=False)
     return {
-        "class_ids": tf.argmax(logits, axis=-1, output_type=tf.int32),
-        "probabilities": tf.nn.softmax(logits, axis=-1),
+        CLASS_IDS: tf.argmax(logits, axis=-1, output_type=tf.int32),
+        PROBABILITIES: tf.nn.softmax(logits, axis=-1),
     }
 
 
@@ -106,21 +112,18 @@ def next_version(export_dir):
     return max(versions, default=0) + 1
 
 
-NETWORK_CHOICES = ("best", "teacher", "student")
-
-
 def choose_network(choice, scores):
     """The network to export: `choice` itself ("teacher" or "student"), or for "best" the one
     of higher validation mIoU in `scores` ({"teacher": ..., "student": ...}; teacher on a tie).
     """
-    if choice not in NETWORK_CHOICES:
-        raise ValueError(f"`choice` must be one of {NETWORK_CHOICES}. Received: {choice!r}")
+    if choice not in EXPORT_NETWORKS:
+        raise ValueError(f"`choice` must be one of {EXPORT_NETWORKS}. Received: {choice!r}")
     if choice != "best":
         return choice
     return "student" if scores["student"] > scores["teacher"] else "teacher"
 
 
-def model_normalisation(model):
+def model_normalization(model):
     """(mean, std) per RGB channel of the model's "normalize" layer, as plain lists."""
     layer = model.get_layer("normalize")
     mean, std = layer.mean, layer.std
@@ -174,7 +177,7 @@ def export_model(
     if len(class_names) != num_classes or len(palette) != num_classes:
         raise ValueError(
             f"The model predicts {num_classes} classes but got {len(class_names)} class names "
-            f"and {len(palette)} palette colours"
+            f"and {len(palette)} palette colors"
         )
     export_dir = Path(export_dir)
     version = next_version(export_dir) if version is None else int(version)
@@ -185,7 +188,7 @@ def export_model(
     serve, serve_bytes = serving_functions(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve, input_signature=[IMAGES_SPEC])
+    archive.add_endpoint(DEFAULT_SIGNATURE, serve, input_signature=[IMAGES_SPEC])
     archive.add_endpoint(BYTES_SIGNATURE, serve_bytes, input_signature=[BYTES_SPEC])
     staging = export_dir / f".{version}.partial"
     if staging.exists():
@@ -198,7 +201,8 @@ def export_model(
     if onnx:
         onnx_report = write_onnx(model, staging / ONNX_FILE)
 
-    mean, std = model_normalisation(model)
+    mean, std = model_normalization(model)
+    outputs = {CLASS_IDS: "int32 (B, H, W)", PROBABILITIES: "float32 (B, H, W, K)"}
     metadata = {
         "format": "ppl_tf-export-1",
         "package_version": ppl_tf.__version__,
@@ -210,6 +214,8 @@ def export_model(
         "num_classes": num_classes,
         "class_names": list(class_names),
         "palette": [[int(c) for c in color] for color in palette],
+        # Key and text as the export format (ppl_tf-export-1) has them since its first
+        # version: readers look for "normalisation", so its spelling stays.
         "normalisation": {
             "input": "uint8 RGB; the model casts to float32 [0, 255] and normalises inside",
             "mean": mean,
@@ -217,19 +223,10 @@ def export_model(
         },
         "model_config": model_config or {},
         "signatures": {
-            "serving_default": {
-                "inputs": {INPUT_NAME: "uint8 (B, H, W, 3)"},
-                "outputs": {
-                    "class_ids": "int32 (B, H, W)",
-                    "probabilities": "float32 (B, H, W, K)",
-                },
-            },
+            DEFAULT_SIGNATURE: {"inputs": {INPUT_NAME: "uint8 (B, H, W, 3)"}, "outputs": outputs},
             BYTES_SIGNATURE: {
                 "inputs": {BYTES_INPUT_NAME: "string (B,): encoded images of one size"},
-                "outputs": {
-                    "class_ids": "int32 (B, H, W)",
-                    "probabilities": "float32 (B, H, W, K)",
-                },
+                "outputs": outputs,
             },
         },
         "onnx": onnx_report,
@@ -272,9 +269,9 @@ def write_onnx(model, path, opset=ONNX_OPSET, check_size=(1, 37, 53)):
     image = rng.integers(0, 256, (*check_size, 3), dtype=np.uint8)
     expected = function(tf.constant(image))
     got = dict(zip(outputs, session.run(outputs, {INPUT_NAME: image}), strict=True))
-    probs_tf = expected["probabilities"].numpy()
-    difference = float(np.max(np.abs(got["probabilities"] - probs_tf)))
-    agreement = float(np.mean(got["class_ids"] == expected["class_ids"].numpy()))
+    probs_tf = expected[PROBABILITIES].numpy()
+    difference = float(np.max(np.abs(got[PROBABILITIES] - probs_tf)))
+    agreement = float(np.mean(got[CLASS_IDS] == expected[CLASS_IDS].numpy()))
     if not np.isfinite(difference) or difference > 1e-3 or agreement < 0.99:
         raise ExportError(
             f"{path}: ONNX Runtime disagrees with TensorFlow on a test image "

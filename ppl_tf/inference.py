@@ -14,6 +14,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# The interface of an exported model (see `ppl_tf.export`), defined once for the exporter, this
+# module, the serving clients and servers and the evaluation of an export. It lives here because
+# this module imports neither TensorFlow nor Keras: every reader can import it.
+DEFAULT_SIGNATURE = "serving_default"  # images -> class ids and probabilities
+BYTES_SIGNATURE = "predict_image_bytes"  # encoded images -> the same outputs
+INPUT_NAME = "images"
+BYTES_INPUT_NAME = "image_bytes"
+CLASS_IDS = "class_ids"
+PROBABILITIES = "probabilities"
+OUTPUT_NAMES = (CLASS_IDS, PROBABILITIES)
+ONNX_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+SAVED_MODEL_FILE = "saved_model.pb"
+
 BACKENDS = ("onnxruntime", "tensorflow")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -25,14 +39,14 @@ class InputError(ValueError):
 def resolve_version(path):
     """`path` itself when it is a version folder, else its newest integer version folder."""
     path = Path(path)
-    if (path / "saved_model.pb").is_file() or (path / "metadata.json").is_file():
+    if (path / SAVED_MODEL_FILE).is_file() or (path / METADATA_FILE).is_file():
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such exported model folder")
     versions = sorted((int(p.name), p) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         raise FileNotFoundError(
-            f"{path}: not an exported model (no saved_model.pb and no numbered version folder)"
+            f"{path}: not an exported model (no {SAVED_MODEL_FILE} and no numbered version folder)"
         )
     return versions[-1][1]
 
@@ -62,13 +76,13 @@ class ExportedModel:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         self.path = resolve_version(path)
-        metadata_file = self.path / "metadata.json"
+        metadata_file = self.path / METADATA_FILE
         self.metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
         self.backend = backend
         if backend == "onnxruntime":
             import onnxruntime as ort
 
-            onnx_file = self.path / "model.onnx"
+            onnx_file = self.path / ONNX_FILE
             if not onnx_file.is_file():
                 raise FileNotFoundError(f"{onnx_file}: missing; export with ONNX or use TensorFlow")
             options = ort.SessionOptions()
@@ -83,7 +97,7 @@ class ExportedModel:
 
             self._tf = tf
             self._loaded = tf.saved_model.load(str(self.path))
-            self._signature = self._loaded.signatures["serving_default"]
+            self._signature = self._loaded.signatures[DEFAULT_SIGNATURE]
 
     @property
     def class_names(self):
@@ -98,13 +112,12 @@ class ExportedModel:
         """uint8 (B, H, W, 3) -> (class_ids int32 (B, H, W), probabilities float32 (B, H, W, K))."""
         images = check_batch(images)
         if self.backend == "onnxruntime":
-            outputs = self._session.run(self._output_names, {"images": images})
+            outputs = self._session.run(self._output_names, {INPUT_NAME: images})
             result = dict(zip(self._output_names, outputs, strict=True))
         else:
-            result = {
-                k: v.numpy() for k, v in self._signature(images=self._tf.constant(images)).items()
-            }
-        return result["class_ids"], result["probabilities"]
+            outputs = self._signature(**{INPUT_NAME: self._tf.constant(images)})
+            result = {name: value.numpy() for name, value in outputs.items()}
+        return result[CLASS_IDS], result[PROBABILITIES]
 
 
 def read_rgb(path):
@@ -126,22 +139,22 @@ def read_rgb(path):
 
 
 def colorize(class_ids, palette):
-    """(H, W) class ids -> (H, W, 3) uint8 colours."""
+    """(H, W) class ids -> (H, W, 3) uint8 colors."""
     return np.asarray(palette, np.uint8)[np.clip(class_ids, 0, len(palette) - 1)]
 
 
 def overlay(image, class_ids, palette, alpha=0.5, keep_class=None):
-    """The image blended with each pixel's class colour; pixels of `keep_class` (for example the
+    """The image blended with each pixel's class color; pixels of `keep_class` (for example the
     background) are left as they are."""
-    colours = colorize(class_ids, palette).astype(np.float32)
-    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    colors = colorize(class_ids, palette).astype(np.float32)
+    blended = image.astype(np.float32) * (1 - alpha) + colors * alpha
     if keep_class is not None:
         blended = np.where((class_ids == keep_class)[..., None], image.astype(np.float32), blended)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
 def save_mask(path, class_ids, palette):
-    """A palette PNG whose pixel values are the class ids (readable as ids and as colours)."""
+    """A palette PNG whose pixel values are the class ids (readable as ids and as colors)."""
     mask = Image.fromarray(class_ids.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(palette)] = np.asarray(palette, np.uint8)[:256]

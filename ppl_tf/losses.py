@@ -1,6 +1,6 @@
 """Losses of PPL: the multi-prototype contrastive loss (Eq. 1) and masked cross-entropy (Eq. 5-6).
 
-Every loss returns a *sum* divided by a normaliser. By default the normaliser is the number of
+Every loss returns a *sum* divided by a normalizer. By default the normalizer is the number of
 pixels that count on this device; the trainer passes the count over all replicas instead, so
 that summing the replicas' gradients gives the gradient of the global mean.
 """
@@ -8,7 +8,8 @@ that summing the replicas' gradients gives the gradient of the global mean.
 import keras
 from keras import ops
 
-IGNORE_LABEL = 255
+from ppl_tf.data.classes import IGNORE_LABEL
+
 _EPSILON = 1e-12
 
 
@@ -17,7 +18,7 @@ def _l2_normalize(x):
     return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), _EPSILON))
 
 
-def _normalise(total, count, normalizer):
+def _normalize(total, count, normalizer):
     if normalizer is None:
         normalizer = count
     return total / ops.maximum(ops.cast(normalizer, total.dtype), 1.0)
@@ -80,11 +81,11 @@ def multi_prototype_contrastive_loss(
     neg_lse = ops.logsumexp(ops.where(positive, very_negative, gamma * (cosine + margin)), axis=-1)
     per_pixel = ops.softplus(pos_lse + neg_lse)
     total = ops.sum(ops.where(mask > 0, per_pixel, 0.0))
-    return _normalise(total, ops.sum(mask), normalizer)
+    return _normalize(total, ops.sum(mask), normalizer)
 
 
 def masked_cross_entropy(logits, labels, mask=None, normalizer=None, ignore_label=IGNORE_LABEL):
-    """Pixel-wise softmax cross-entropy, summed over counted pixels and normalised.
+    """Pixel-wise softmax cross-entropy, summed over counted pixels and normalized.
 
     Pixels whose label equals `ignore_label` never count; with `mask` only pixels where the
     mask is non-zero count (Eq. 6). The sum is divided by `normalizer` (default: the count).
@@ -104,7 +105,7 @@ def masked_cross_entropy(logits, labels, mask=None, normalizer=None, ignore_labe
         safe_labels, ops.cast(logits, "float32"), from_logits=True
     )
     total = ops.sum(ops.where(valid, per_pixel, 0.0))
-    return _normalise(total, ops.sum(ops.cast(valid, "float32")), normalizer)
+    return _normalize(total, ops.sum(ops.cast(valid, "float32")), normalizer)
 
 
 def ohem_cross_entropy(
@@ -115,7 +116,7 @@ def ohem_cross_entropy(
     Keeps the pixels whose probability of the true class is below `threshold`; when fewer than
     `min_kept` pixels qualify, keeps the `min_kept` hardest instead (all valid pixels if fewer).
     Returns the sum over kept pixels divided by `normalizer` (default: the kept count) and the
-    kept count, so a distributed caller can normalise globally.
+    kept count, so a distributed caller can normalize globally.
     """
     labels = ops.cast(labels, "int32")
     valid = ops.not_equal(labels, ignore_label)
@@ -133,4 +134,4 @@ def ohem_cross_entropy(
     kept = ops.logical_and(valid, true_prob <= cut)
     kept_count = ops.sum(ops.cast(kept, "float32"))
     total = ops.sum(ops.where(kept, per_pixel, 0.0))
-    return _normalise(total, kept_count, normalizer), kept_count
+    return _normalize(total, kept_count, normalizer), kept_count

@@ -9,14 +9,14 @@ holds the global counts.
 import keras
 from keras import ops
 
-from ppl_tf.losses import IGNORE_LABEL
+from ppl_tf.data.classes import IGNORE_LABEL
 
 
 @keras.saving.register_keras_serializable(package="ppl_tf")
 class ConfusionMatrixIoU(keras.metrics.Metric):
     """mIoU from a K x K confusion matrix (rows: truth, columns: prediction).
 
-    `update_state(labels, predictions, sample_weight=None)` takes integer maps; pixels labelled
+    `update_state(labels, predictions, sample_weight=None)` takes integer maps; pixels labeled
     IGNORE_LABEL (or with zero weight) do not count. `result()` is the mean IoU over classes
     that occur in truth or prediction; `per_class_iou()` gives all K values (NaN for absent).
     """

@@ -21,9 +21,10 @@ import math
 import keras
 import tensorflow as tf
 
+from ppl_tf.choices import OPTIMIZERS
 from ppl_tf.data.augment import apply_cutmix
+from ppl_tf.data.classes import IGNORE_LABEL
 from ppl_tf.losses import (
-    IGNORE_LABEL,
     masked_cross_entropy,
     multi_prototype_contrastive_loss,
     ohem_cross_entropy,
@@ -42,9 +43,6 @@ def ema_alpha(step, total_steps, start=0.99, end=1.0):
     """
     progress = tf.minimum(tf.cast(step, tf.float32) / float(max(total_steps, 1)), 1.0)
     return start + (end - start) * (1.0 - tf.cos(math.pi * progress)) / 2.0
-
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def make_optimizer(base_lr, total_steps, momentum=0.9, power=0.9, name="sgd", weight_decay=0.0):
@@ -116,7 +114,7 @@ class PPLTrainer(keras.Model):
         ema_start, ema_end: the EMA rate's cosine schedule (`ema_alpha`). Default to the
             paper's 0.99 -> 1.0.
         joint_batchnorm: False (default): the student runs on the labeled images and on the
-            strong views as two batches, each normalised by its own BatchNorm statistics
+            strong views as two batches, each normalized by its own BatchNorm statistics
             (as UniMatch and CPS do). True: one concatenated batch (as U2PL does). The paper
             does not say. Measured on the digit scenes (README): with one batch, even
             unlabeled images that no loss reaches lowered val mIoU from 27 to 16-20%: the
@@ -197,8 +195,16 @@ class PPLTrainer(keras.Model):
         self._group_variables()
 
         # === Metrics ===
-        names = ["loss", "loss_labeled", "loss_unlabeled_ce", "loss_contrast", "mask_ratio",
-                 "ema_alpha", "lr_head", "lr_backbone"]  # fmt: skip
+        names = [
+            "loss",
+            "loss_labeled",
+            "loss_unlabeled_ce",
+            "loss_contrast",
+            "mask_ratio",
+            "ema_alpha",
+            "lr_head",
+            "lr_backbone",
+        ]
         names += [f"loss_contrast_{i + 1}" for i in range(len(self.student_stages))]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.pseudo_iou = ConfusionMatrixIoU(self.num_classes, name="pseudo_miou")
@@ -362,47 +368,45 @@ class PPLTrainer(keras.Model):
         batch is separate and its BatchNorm statistics are put back (no `tf.cond`, whose
         branches would hide synchronized BatchNorm's collectives from some replicas).
         """
-        labeled_images = batch["labeled_images"]
         labeled_masks = tf.cast(batch["labeled_masks"], tf.int32)
-        num_labeled = tf.shape(labeled_images)[0]
-        unlabeled_logits, unlabeled_features = [], []
-        if targets is not None and self.joint_batchnorm:
-            images = tf.concat([labeled_images, batch["unlabeled_strong"]], axis=0)
-            out = self._student_heads(images, training=True)
-            labeled_logits = [h[:num_labeled] for h in out["logits"]]
-            unlabeled_logits = [h[num_labeled:] for h in out["logits"]]
-            unlabeled_features = [f[num_labeled:] for f in out["features"]]
-        else:
-            labeled_logits = self._student_heads(labeled_images, training=True)["logits"]
-            if targets is not None:
-                with self._batchnorm_statistics_restored_during_warmup():
-                    out = self._student_heads(batch["unlabeled_strong"], training=True)
-                unlabeled_logits, unlabeled_features = out["logits"], out["features"]
+        labeled_logits, unlabeled_logits, unlabeled_features = self._student_outputs(
+            batch, strong_views=targets is not None
+        )
         terms = {"loss_labeled": self._labeled_loss(labeled_logits, labeled_masks)}
-        zero = tf.constant(0.0)
-        contrast = [zero for _ in self.student_stages]
-        terms["loss_unlabeled_ce"] = zero
-        if targets is not None:
-            pseudo, mask = targets
-            masked = _all_reduce_sum(tf.reduce_sum(mask))
-            terms["loss_unlabeled_ce"] = tf.add_n([
-                masked_cross_entropy(
-                    _resize_like(logits, mask[..., None], "bilinear"),
-                    pseudo, mask, normalizer=masked,
-                )
-                for logits in unlabeled_logits
-            ])  # fmt: skip
-            if self.use_push and unlabeled_features:
-                contrast = self._contrast_losses(unlabeled_features, pseudo, mask)
+        cross_entropy, contrast = self._unlabeled_losses(
+            unlabeled_logits, unlabeled_features, targets
+        )
         on = 1.0 if self.warmup_steps <= 0 else 1.0 - tf.cast(self._in_warmup(), tf.float32)
-        terms["loss_unlabeled_ce"] *= on
+        terms["loss_unlabeled_ce"] = cross_entropy * on
         contrast = [value * on for value in contrast]
         for i, value in enumerate(contrast):
             terms[f"loss_contrast_{i + 1}"] = value
-        terms["loss_contrast"] = tf.add_n(contrast) if contrast else zero
+        terms["loss_contrast"] = tf.add_n(contrast) if contrast else tf.constant(0.0)
         loss_unlabeled = terms["loss_unlabeled_ce"] + terms["loss_contrast"]
         terms["loss"] = terms["loss_labeled"] + self.unsupervised_weight * loss_unlabeled
         return terms
+
+    def _student_outputs(self, batch, strong_views):
+        """The student's heads on the labeled images and (with `strong_views`) on the strong
+        views: (labeled logits, unlabeled logits, unlabeled features), one entry per head (per
+        stage for the features), at stride 4. Two BatchNorm batches, or one with
+        `joint_batchnorm`."""
+        labeled_images = batch["labeled_images"]
+        if not strong_views:
+            return self._student_heads(labeled_images, training=True)["logits"], [], []
+        if self.joint_batchnorm:
+            num_labeled = tf.shape(labeled_images)[0]
+            images = tf.concat([labeled_images, batch["unlabeled_strong"]], axis=0)
+            out = self._student_heads(images, training=True)
+            return (
+                [h[:num_labeled] for h in out["logits"]],
+                [h[num_labeled:] for h in out["logits"]],
+                [f[num_labeled:] for f in out["features"]],
+            )
+        labeled_logits = self._student_heads(labeled_images, training=True)["logits"]
+        with self._batchnorm_statistics_restored_during_warmup():
+            out = self._student_heads(batch["unlabeled_strong"], training=True)
+        return labeled_logits, out["logits"], out["features"]
 
     @contextlib.contextmanager
     def _batchnorm_statistics_restored_during_warmup(self):
@@ -437,19 +441,44 @@ class PPLTrainer(keras.Model):
                 total += masked_cross_entropy(logits, masks, normalizer=count)
         return total
 
+    def _unlabeled_losses(self, logits, features, targets):
+        """(cross-entropy of every head, [Eq. 1 per stage]) on the strong views against the
+        pseudo-labels where the mask is on (Eq. 6); zeros without `targets`."""
+        zero = tf.constant(0.0)
+        if targets is None:
+            return zero, [zero for _ in self.student_stages]
+        pseudo, mask = targets
+        masked = _all_reduce_sum(tf.reduce_sum(mask))
+        cross_entropy = tf.add_n(
+            [
+                masked_cross_entropy(
+                    _resize_like(head, mask[..., None], "bilinear"), pseudo, mask, normalizer=masked
+                )
+                for head in logits
+            ]
+        )
+        if not (self.use_push and features):
+            return cross_entropy, [zero for _ in self.student_stages]
+        return cross_entropy, self._contrast_losses(features, pseudo, mask)
+
     def _contrast_losses(self, features, pseudo, mask):
-        """Eq. 1 per stage, at feature resolution (labels and mask by nearest neighbour)."""
+        """Eq. 1 per stage, at feature resolution (labels and mask by nearest neighbor)."""
         size = tf.shape(features[0])[1:3]
         pseudo_small = _downsample_labels(pseudo, size)
         mask_small = _downsample_labels(mask, size)
         masked_small = _all_reduce_sum(tf.reduce_sum(mask_small))
         return [
             multi_prototype_contrastive_loss(
-                f, stage.memory.read(), pseudo_small, mask_small, self.gamma, self.margin,
+                f,
+                stage.memory.read(),
+                pseudo_small,
+                mask_small,
+                self.gamma,
+                self.margin,
                 normalizer=masked_small,
             )
             for f, stage in zip(features, self.student_stages, strict=True)
-        ]  # fmt: skip
+        ]
 
     def _update(self, grads):
         """Phase 3: the optimizer step. SGD's L2 decay (as PyTorch's SGD) and the backbone's
@@ -533,10 +562,12 @@ class PPLTrainer(keras.Model):
         for network, metric in ((self.student, self.student_iou), (self.teacher, self.teacher_iou)):
             prediction = tf.argmax(network(images, training=False), axis=-1, output_type=tf.int32)
             metric.add_increment(_all_reduce_sum(metric.increment(masks, prediction)))
-        return self._distributed_logs({
-            "student_miou": self.student_iou.result(),
-            "teacher_miou": self.teacher_iou.result(),
-        })  # fmt: skip
+        return self._distributed_logs(
+            {
+                "student_miou": self.student_iou.result(),
+                "teacher_miou": self.teacher_iou.result(),
+            }
+        )
 
     def per_class_iou(self, network="teacher"):
         """Per-class IoU of the last evaluation (NaN: class in neither truth nor prediction)."""
@@ -545,8 +576,13 @@ class PPLTrainer(keras.Model):
 
     @property
     def metrics(self):
-        return [*self.trackers.values(), self.pseudo_iou, self.pseudo_coverage,
-                self.student_iou, self.teacher_iou]  # fmt: skip
+        return [
+            *self.trackers.values(),
+            self.pseudo_iou,
+            self.pseudo_coverage,
+            self.student_iou,
+            self.teacher_iou,
+        ]
 
     def reset_metrics(self):
         super().reset_metrics()

@@ -10,23 +10,24 @@ from PIL import Image, ImageDraw
 
 from ppl_tf import inference
 from ppl_tf.callbacks import keep_epochs_before
+from ppl_tf.data.classes import IGNORE_LABEL
 
 IGNORE_COLOR = (255, 255, 255)  # pixels without a label or below the pseudo-label threshold
 
 
 def colorize(labels, palette):
-    """(H, W) ids with 255 = ignore -> (H, W, 3) uint8."""
+    """(H, W) ids with IGNORE_LABEL (255) = ignore -> (H, W, 3) uint8."""
     labels = np.asarray(labels)
     out = inference.colorize(labels, palette)
-    out[labels == 255] = IGNORE_COLOR
+    out[labels == IGNORE_LABEL] = IGNORE_COLOR
     return out
 
 
 def prediction_panels(model, images, masks, tau=0.8):
-    """(prediction, pseudo-label with low-confidence pixels set to 255) of `model` per image."""
+    """(prediction, pseudo-label with low-confidence pixels ignored) of `model` per image."""
     probs = tf.nn.softmax(model(tf.cast(images, tf.float32), training=False), axis=-1).numpy()
     prediction = probs.argmax(-1)
-    pseudo = np.where(probs.max(-1) > tau, prediction, 255)
+    pseudo = np.where(probs.max(-1) > tau, prediction, IGNORE_LABEL)
     return prediction, pseudo
 
 
@@ -35,8 +36,12 @@ def grid(images, masks, pseudo, prediction, palette, titles=None):
     titles = titles or ("image", "ground truth", "pseudo-label", "prediction")
     rows = []
     for image, mask, ps, pred in zip(images, masks, pseudo, prediction, strict=True):
-        row = [np.asarray(image, np.uint8), colorize(mask, palette), colorize(ps, palette),
-               colorize(pred, palette)]  # fmt: skip
+        row = [
+            np.asarray(image, np.uint8),
+            colorize(mask, palette),
+            colorize(ps, palette),
+            colorize(pred, palette),
+        ]
         rows.append(np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0))) for p in row], axis=1))
     body = np.concatenate(rows, axis=0)
     scale = max(1, 768 // body.shape[1])  # small images are enlarged to be seen
@@ -75,8 +80,9 @@ class ImageLogger(keras.callbacks.Callback):
         prediction, pseudo = prediction_panels(teacher, self.images, self.masks, self.tau)
         picture = grid(self.images, self.masks, pseudo, prediction, self.palette)
         with self.writer.as_default():
-            tf.summary.image("teacher: image | truth | pseudo-label | prediction",
-                             picture[None], step=epoch)  # fmt: skip
+            tf.summary.image(
+                "teacher: image | truth | pseudo-label | prediction", picture[None], step=epoch
+            )
         self.writer.flush()
         if self.png_dir:
             self.png_dir.mkdir(parents=True, exist_ok=True)
@@ -105,8 +111,14 @@ class PseudoLabelLog(keras.callbacks.Callback):
     metrics before `on_epoch_end`.
     """
 
-    FIELDS = ("epoch", "class", "labeled_share", "pseudo_share", "pseudo_precision",
-              "pseudo_recall")  # fmt: skip
+    FIELDS = (
+        "epoch",
+        "class",
+        "labeled_share",
+        "pseudo_share",
+        "pseudo_precision",
+        "pseudo_recall",
+    )
 
     def __init__(self, class_names, csv_path, png_path=None):
         super().__init__()
@@ -142,8 +154,9 @@ class PseudoLabelLog(keras.callbacks.Callback):
             for k, name in enumerate(self.class_names):
                 row = [self._epoch, name, labeled[k], pseudo[k]]
                 row += [precision[k], recall[k]] if has_truth else ["", ""]
-                writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v
-                                 for v in row])  # fmt: skip
+                writer.writerow(
+                    [f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row]
+                )
 
     def on_train_end(self, logs=None):
         if self.png_path and self.csv_path.is_file():
@@ -214,7 +227,7 @@ def plot_curves(log_csv, path):
         (
             "pseudo-labels",
             [k for k in ("mask_ratio", "pseudo_miou", "pseudo_recall") if k in rows[0]],
-        ),  # fmt: skip
+        ),
     ]
     panels = [(title, keys) for title, keys in panels if keys]
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))

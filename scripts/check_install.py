@@ -35,13 +35,30 @@ SERVING_API = "tensorflow-serving-api==2.21.*"
 INSTALL_TIMEOUT = 30 * 60
 RUN_TIMEOUT = 15 * 60
 TRAIN_OVERRIDES = [
-    "epochs=1", "steps_per_epoch=3", "warmup_epochs=0", "digits_train_scenes=40", "labeled=8",
-    "batch_size=2", "eval_batch_size=50", "images_to_log=0", "export_name=check",
-]  # fmt: skip
+    "epochs=1",
+    "steps_per_epoch=3",
+    "warmup_epochs=0",
+    "digits_train_scenes=40",
+    "labeled=8",
+    "batch_size=2",
+    "eval_batch_size=50",
+    "images_to_log=0",
+    "export_name=check",
+]
 VERSIONS_OF = [
-    "tensorflow-cpu", "keras", "numpy", "onnxruntime", "tf2onnx", "onnx", "protobuf",
-    "tensorflow-datasets", "tensorflow-serving-api", "grpcio", "scikit-learn", "matplotlib",
-]  # fmt: skip
+    "tensorflow-cpu",
+    "keras",
+    "numpy",
+    "onnxruntime",
+    "tf2onnx",
+    "onnx",
+    "protobuf",
+    "tensorflow-datasets",
+    "tensorflow-serving-api",
+    "grpcio",
+    "scikit-learn",
+    "matplotlib",
+]
 
 
 class CheckFailed(Exception):
@@ -65,8 +82,10 @@ def python_version(executable):
     try:
         result = subprocess.run(
             [executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
@@ -119,26 +138,48 @@ def check_here(work):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # The extras' imports that the run below does not reach; tensorflow-serving-api's protos
     # were installed with --no-deps, so only an import shows they suit this protobuf.
-    run([sys.executable, "-c", "import tensorflow_datasets, grpc, tensorflow_serving.apis."
-         "prediction_service_pb2_grpc, pytest, ppl_tf.serving"], RUN_TIMEOUT, env=env)  # fmt: skip
+    imports = (
+        "import tensorflow_datasets, grpc, tensorflow_serving.apis.prediction_service_pb2_grpc, "
+        "pytest, ppl_tf.serving.local_server"
+    )
+    run([sys.executable, "-c", imports], RUN_TIMEOUT, env=env)
 
     out, exported, cache = work / "run", work / "exported", work / "data"
     paths = [f"out={out}", f"export_dir={exported}", f"cache_dir={cache}"]
-    run([sys.executable, ROOT / "scripts" / "train.py", *TRAIN_OVERRIDES, *paths], RUN_TIMEOUT,
-        env=env, cwd=work)  # fmt: skip
+    run(
+        [sys.executable, ROOT / "scripts" / "train.py", *TRAIN_OVERRIDES, *paths],
+        RUN_TIMEOUT,
+        env=env,
+        cwd=work,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     if metrics["steps"] != 3:
         raise CheckFailed(f"train.py ran {metrics['steps']} steps, not 3")
+    from ppl_tf.inference import METADATA_FILE, ONNX_FILE, SAVED_MODEL_FILE
+
     version_dir = exported / "check" / "1"
-    for name in ("saved_model.pb", "model.onnx", "metadata.json"):
+    for name in (SAVED_MODEL_FILE, ONNX_FILE, METADATA_FILE):
         if not (version_dir / name).is_file():
             raise CheckFailed(f"train.py exported no {version_dir / name}")
 
     (scenes,) = cache.glob("digit_scenes_*")
     image = scenes / "images" / f"{(scenes / 'splits' / 'val.txt').read_text().split()[0]}.png"
     predictions = work / "predictions"
-    run([sys.executable, ROOT / "scripts" / "predict.py", exported / "check", image, "--out",
-         predictions, "--backend", "onnxruntime"], RUN_TIMEOUT, env=env, cwd=work)  # fmt: skip
+    run(
+        [
+            sys.executable,
+            ROOT / "scripts" / "predict.py",
+            exported / "check",
+            image,
+            "--out",
+            predictions,
+            "--backend",
+            "onnxruntime",
+        ],
+        RUN_TIMEOUT,
+        env=env,
+        cwd=work,
+    )
 
     import numpy as np
     from PIL import Image
@@ -146,7 +187,7 @@ def check_here(work):
     from ppl_tf.inference import ExportedModel, read_rgb
 
     pixels = read_rgb(image)
-    num_classes = len(json.loads((version_dir / "metadata.json").read_text())["class_names"])
+    num_classes = len(json.loads((version_dir / METADATA_FILE).read_text())["class_names"])
     mask = np.asarray(Image.open(predictions / f"{image.stem}_mask.png"))
     if mask.shape != pixels.shape[:2] or mask.max() >= num_classes:
         raise CheckFailed(f"predict.py's mask: shape {mask.shape}, largest id {mask.max()}")

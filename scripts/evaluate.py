@@ -22,9 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None):
+    from ppl_tf.choices import NETWORKS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", help="a run folder, a .keras file or an exported model folder")
-    parser.add_argument("--network", choices=("teacher", "student"), default="teacher")
+    parser.add_argument("--network", choices=NETWORKS, default="teacher")
     parser.add_argument("--config", help="YAML config naming the dataset (default: the run's)")
     parser.add_argument("--crop", type=int, help="sliding-window size (default: whole image)")
     parser.add_argument("--flip", action="store_true", help="add horizontal-flip inference")
@@ -111,12 +113,20 @@ def main(argv=None):
     print(format_table(source.class_names, {"IoU (%)": results["per_class_iou"]}))
     print(f"mIoU {100 * results['miou']:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "miou": results["miou"],
-            "per_class_iou": dict(zip(source.class_names, map(float, results["per_class_iou"]),
-                                      strict=True)),
-            "mode": mode, "model": description,
-        }, indent=2) + "\n")  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "miou": results["miou"],
+                    "per_class_iou": dict(
+                        zip(source.class_names, map(float, results["per_class_iou"]), strict=True)
+                    ),
+                    "mode": mode,
+                    "model": description,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -7,13 +7,14 @@ held-out check, all at the demo's budget (configs/demo.yaml as it is).
     python scripts/experiments.py --only heldout       # the held-out check
     python scripts/experiments.py --only table3 --methods sup_only baseline ppl   # those first
 
-Every run is `scripts/train.py` on the demo config with a few overrides. `--jobs 2` (default)
-runs two train.py processes at a time with one TensorFlow thread each (on 2 cores two small
-runs at once give about 1.65x the throughput of one run with two threads); `--jobs 1` runs them
-one after another in this process. A run whose `metrics.json` exists is skipped, so an
-interrupted set restarts where it stopped. Results go to `--out` (default results/experiments/):
-one folder per run, `summary.json`, `summary.md` (the tables that go into the README),
-`fig4.png` and `experiments.log` (what this script said, with times).
+Every run is a training run (`ppl_tf.run.train`, what `scripts/train.py` runs) on the demo config
+with a few overrides. `--jobs 2` (default) runs two train.py processes at a time with one
+TensorFlow thread each (on 2 cores two small runs at once give about 1.65x the throughput of one
+run with two threads); `--jobs 1` runs them one after another in this process. A run whose
+`metrics.json` exists is skipped, so an interrupted set restarts where it stopped. Results go to
+`--out` (default results/experiments/): one folder per run, `summary.json`, `summary.md` (the
+tables that go into the README), `fig4.png` and `experiments.log` (what this script said, with
+times).
 
 Runs (1/16 labels unless "full"):
 - Table 3: supervised only; mean-teacher baseline (n = 0); + pull only (n = 2, no Eq. 1);
@@ -29,7 +30,6 @@ Runs (1/16 labels unless "full"):
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import statistics
@@ -39,7 +39,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 TABLE3 = {
     "sup_only": ["use_unlabeled=false", "num_stages=0"],
@@ -54,8 +56,13 @@ NOISE = (0.0, 0.1, 0.2, 0.4)
 HELDOUT = ("sup_only", "baseline", "ppl")
 PARTS = ("table3", "noise", "fig4", "heldout")
 BUDGET = {}  # configs/demo.yaml as it is
-QUICK = {"epochs": 2, "steps_per_epoch": 2, "warmup_epochs": 1, "batch_size": 2,
-         "digits_train_scenes": 48}  # fmt: skip
+QUICK = {
+    "epochs": 2,
+    "steps_per_epoch": 2,
+    "warmup_epochs": 1,
+    "batch_size": 2,
+    "digits_train_scenes": 48,
+}
 
 
 LOG = []  # [Path]: where say() appends (out/experiments.log), set by main()
@@ -67,13 +74,6 @@ def say(message):
     if LOG:
         with open(LOG[0], "a") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-
-
-def load_train():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def plan(seeds, parts, budget=BUDGET, methods=tuple(TABLE3)):
@@ -90,16 +90,27 @@ def plan(seeds, parts, budget=BUDGET, methods=tuple(TABLE3)):
     if "noise" in parts:
         for ratio in NOISE:
             for name, stages in (("baseline", 0), ("ppl", 2)):
-                runs.append((f"noise/{name}_{int(ratio * 100):02d}",
-                             [*budget, f"num_stages={stages}", f"noise_ratio={ratio}",
-                              f"seed={seeds[0]}"]))  # fmt: skip
+                runs.append(
+                    (
+                        f"noise/{name}_{int(ratio * 100):02d}",
+                        [
+                            *budget,
+                            f"num_stages={stages}",
+                            f"noise_ratio={ratio}",
+                            f"seed={seeds[0]}",
+                        ],
+                    )
+                )
     if "fig4" in parts:
         runs.append((f"fig4/one_stage_s{seeds[0]}", [*budget, "num_stages=1", f"seed={seeds[0]}"]))
     if "heldout" in parts:
         for name in (m for m in HELDOUT if m in methods):
-            runs.append((f"heldout/{name}_s{seeds[0]}",
-                         [*budget, *TABLE3[name], "digits_layout=crowded",
-                          f"seed={seeds[0]}"]))  # fmt: skip
+            runs.append(
+                (
+                    f"heldout/{name}_s{seeds[0]}",
+                    [*budget, *TABLE3[name], "digits_layout=crowded", f"seed={seeds[0]}"],
+                )
+            )
     return runs
 
 
@@ -125,22 +136,31 @@ def run_all(runs, out, cache_dir, jobs=1):
     if jobs > 1:
         run_parallel(todo, out, cache_dir, jobs)
         return len(todo)
-    train = load_train()
+    from ppl_tf.config import DEMO_CONFIG, ConfigError, load_config
+    from ppl_tf.data import DataError
+    from ppl_tf.distribute import StrategyError
+    from ppl_tf.run import RunError, TrainingDiverged, train
+
     for name, overrides in todo:
         say(f"[run] {name}: {' '.join(overrides)}")
         start = time.perf_counter()
-        code = train.main(train_argv(name, overrides, out, cache_dir))
-        if code != 0:
-            raise SystemExit(f"experiments: run {name} failed with exit code {code}")
+        try:
+            train(load_config(DEMO_CONFIG, train_argv(name, overrides, out, cache_dir)))
+        except (ConfigError, DataError, StrategyError, RunError, TrainingDiverged) as error:
+            raise SystemExit(f"experiments: run {name} failed: {error}") from None
         say(f"[done] {name} in {time.perf_counter() - start:.0f} s")
     return len(todo)
 
 
 def run_parallel(todo, out, cache_dir, jobs):
     threads = str(max(1, (os.cpu_count() or jobs) // jobs))
-    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
-           "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
-    # Processes that start together may each write the digit scenes; materialise() renames a
+    env = {
+        **os.environ,
+        "TF_NUM_INTRAOP_THREADS": threads,
+        "TF_NUM_INTEROP_THREADS": threads,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    # Processes that start together may each write the digit scenes; materialize() renames a
     # finished folder into place, so they cannot see each other's half-written files.
 
     def one(item):
@@ -149,8 +169,11 @@ def run_parallel(todo, out, cache_dir, jobs):
         log.parent.mkdir(parents=True, exist_ok=True)
         say(f"[run] {name}: {' '.join(overrides)} (log {log.relative_to(out)})")
         start = time.perf_counter()
-        argv = [sys.executable, str(ROOT / "scripts" / "train.py"),
-                *train_argv(name, overrides, out, cache_dir)]  # fmt: skip
+        argv = [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            *train_argv(name, overrides, out, cache_dir),
+        ]
         with open(log, "w") as handle:
             code = subprocess.run(argv, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
         if code != 0:
@@ -185,7 +208,7 @@ def mean_std(values):
 
 
 def fmt(triple, seeds=None):
-    """"mean ± std" in %, with the run count when some seeds have not finished."""
+    """The mean ± std in %, with the run count when some seeds have not finished."""
     mean, std, count = triple
     if mean is None:
         return "-"
@@ -193,16 +216,19 @@ def fmt(triple, seeds=None):
     return f"{100 * mean:.2f} ± {100 * std:.2f}{partial}"
 
 
-def summarise(out, seeds):
+def summarize(out, seeds):
     """Tables from the run folders -> summary.json, summary.md and fig4.png."""
     summary = {"seeds": list(seeds), "table3": {}, "noise": {}, "fig4": {}, "heldout": {}}
     for name in TABLE3:
         runs = [m for s in seeds if (m := read_metrics(out / "table3" / f"{name}_s{s}"))]
         teacher = [m["teacher_miou"] for m in runs]
         student = [m["student_miou"] for m in runs]
-        summary["table3"][name] = {"teacher_miou": teacher, "mean_std": mean_std(teacher),
-                                   "student_miou": student,
-                                   "student_mean_std": mean_std(student)}  # fmt: skip
+        summary["table3"][name] = {
+            "teacher_miou": teacher,
+            "mean_std": mean_std(teacher),
+            "student_miou": student,
+            "student_mean_std": mean_std(student),
+        }
     for ratio in NOISE:
         for name in ("baseline", "ppl"):
             m = read_metrics(out / "noise" / f"{name}_{int(ratio * 100):02d}")
@@ -221,13 +247,21 @@ def summarise(out, seeds):
             "pseudo_miou": [float(r["pseudo_miou"]) for r in rows if "pseudo_miou" in r],
             "pseudo_recall": [float(r["pseudo_recall"]) for r in rows if "pseudo_recall" in r],
         }
-    lines = [f"mIoU (%) on the digit-scene val set, mean ± std over seeds {list(seeds)}; the "
-             "teacher is the EMA network, the student is shown beside it.",
-             "", "| method | Semi (1/16) teacher | Fully teacher | Gap | Semi student |"
-             " Fully student |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"mIoU (%) on the digit-scene val set, mean ± std over seeds {list(seeds)}; the "
+        "teacher is the EMA network, the student is shown beside it.",
+        "",
+        "| method | Semi (1/16) teacher | Fully teacher | Gap | Semi student | Fully student |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     t3 = summary["table3"]
-    for name, full in (("sup_only", None), ("baseline", "full_baseline"), ("pull_only", None),
-                       ("push_only", None), ("ppl", "full_ppl")):  # fmt: skip
+    for name, full in (
+        ("sup_only", None),
+        ("baseline", "full_baseline"),
+        ("pull_only", None),
+        ("push_only", None),
+        ("ppl", "full_ppl"),
+    ):
         semi = t3[name]["mean_std"]
         fully = t3[full]["mean_std"] if full else (None, None, 0)
         gap = "-"
@@ -235,21 +269,36 @@ def summarise(out, seeds):
             gap = f"{100 * (fully[0] - semi[0]):.2f}"
         semi_s = t3[name]["student_mean_std"]
         fully_s = t3[full]["student_mean_std"] if full else (None, None, 0)
-        lines.append(f"| {name} | {fmt(semi, seeds)} | {fmt(fully, seeds)} | {gap} | "
-                     f"{fmt(semi_s, seeds)} | {fmt(fully_s, seeds)} |")  # fmt: skip
-    lines += ["", "Noise study (Appendix A), teacher mIoU (%), seed "
-              f"{first}:", "", "| noise | baseline | PPL |", "| --- | --- | --- |"]  # fmt: skip
+        lines.append(
+            f"| {name} | {fmt(semi, seeds)} | {fmt(fully, seeds)} | {gap} | "
+            f"{fmt(semi_s, seeds)} | {fmt(fully_s, seeds)} |"
+        )
+    lines += [
+        "",
+        f"Noise study (Appendix A), teacher mIoU (%), seed {first}:",
+        "",
+        "| noise | baseline | PPL |",
+        "| --- | --- | --- |",
+    ]
     for ratio in NOISE:
         key = int(ratio * 100)
         cells = [summary["noise"][f"{n}_{key:02d}"] for n in ("baseline", "ppl")]
         cells = ["-" if c is None else f"{100 * c:.2f}" for c in cells]
         lines.append(f"| {key}% | {cells[0]} | {cells[1]} |")
-    lines += ["", f"Held-out check: the crowded layout (128x128 scenes, 4-8 digits of 14-22 px, "
-              f"64-px crops), seed {first}, mIoU (%):", "", "| method | teacher | student |",
-              "| --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        f"Held-out check: the crowded layout (128x128 scenes, 4-8 digits of 14-22 px, "
+        f"64-px crops), seed {first}, mIoU (%):",
+        "",
+        "| method | teacher | student |",
+        "| --- | --- | --- |",
+    ]
     for name, m in summary["heldout"].items():
-        cells = ("-", "-") if not m else (f"{100 * m['teacher_miou']:.2f}",
-                                          f"{100 * m['student_miou']:.2f}")  # fmt: skip
+        cells = (
+            ("-", "-")
+            if not m
+            else (f"{100 * m['teacher_miou']:.2f}", f"{100 * m['student_miou']:.2f}")
+        )
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -268,8 +317,9 @@ def plot_fig4(curves, path):
     for label, values in curves.items():
         for axis, key in zip(axes, ("pseudo_miou", "pseudo_recall"), strict=True):
             if values[key]:
-                axis.plot(range(1, len(values[key]) + 1), [100 * v for v in values[key]],
-                          label=label)  # fmt: skip
+                axis.plot(
+                    range(1, len(values[key]) + 1), [100 * v for v in values[key]], label=label
+                )
     for axis, title in zip(axes, ("pseudo-label mIoU (%)", "pseudo-label recall (%)"), strict=True):
         axis.set_title(title)
         axis.set_xlabel("epoch")
@@ -283,15 +333,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "results" / "experiments"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
-                        help="parts to run (default: all)")  # fmt: skip
-    parser.add_argument("--methods", nargs="+", choices=tuple(TABLE3), default=tuple(TABLE3),
-                        help="Table 3 / held-out rows to run (default: all); the summary "
-                             "still reads every finished run")  # fmt: skip
+    parser.add_argument(
+        "--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=tuple(TABLE3),
+        default=tuple(TABLE3),
+        help="Table 3 / held-out rows to run (default: all); the summary "
+        "still reads every finished run",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budget and one seed")
-    parser.add_argument("--jobs", type=int, default=2,
-                        help="runs at a time, each in its own process with cores/jobs threads; "
-                             "1 = one after another in this process")  # fmt: skip
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs at a time, each in its own process with cores/jobs threads; "
+        "1 = one after another in this process",
+    )
     parser.add_argument("--cache-dir", default=str(ROOT / "data_cache"))
     args = parser.parse_args(argv)
     budget, seeds = BUDGET, args.seeds
@@ -308,7 +368,7 @@ def main(argv=None):
     start = time.perf_counter()
     say(f"experiments: {' '.join(args.only)}, seeds {seeds}, --jobs {args.jobs}")
     ran = run_all(plan(seeds, args.only, budget, args.methods), out, args.cache_dir, args.jobs)
-    summary = summarise(out, seeds)
+    summary = summarize(out, seeds)
     say(f"experiments: {time.perf_counter() - start:.0f} s, {ran} runs (others finished before)")
     return summary
 

@@ -24,11 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None):
+    from ppl_tf.choices import EXPORT_NETWORKS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", help="a run folder from train.py or a .keras model file")
     parser.add_argument(
         "--network",
-        choices=("best", "teacher", "student"),
+        choices=EXPORT_NETWORKS,
         help="default: the run's export_network (best: higher validation mIoU); teacher for a "
         ".keras file",
     )
@@ -45,6 +47,7 @@ def load_json(path):
 
 def run_choice(run, network):
     """(network, choice, {network: validation mIoU} or None, config dict) of a run folder."""
+    from ppl_tf.choices import NETWORKS
     from ppl_tf.config import load_config
     from ppl_tf.export import choose_network
 
@@ -54,7 +57,7 @@ def run_choice(run, network):
     config = load_config(config_file)  # a ConfigError names the file and the key
     choice = network or config.export_network
     metrics = load_json(run / "metrics.json")
-    scores = metrics and {n: metrics[f"{n}_miou"] for n in ("teacher", "student")}
+    scores = metrics and {n: metrics[f"{n}_miou"] for n in NETWORKS}
     if choice == "best" and scores is None:
         raise FileNotFoundError(
             f"{run / 'metrics.json'}: not found, so the better network is unknown (did the run "

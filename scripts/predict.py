@@ -1,4 +1,4 @@
-"""Segment image files with an exported model: PNG masks and colour overlays out.
+"""Segment image files with an exported model: PNG masks and color overlays out.
 
     python scripts/predict.py exported/digits photos/ --out predictions/
     python scripts/predict.py exported/digits/1 a.jpg b.png --backend tensorflow --batch-size 8

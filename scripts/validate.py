@@ -30,14 +30,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from ppl_tf.config import ConfigError, dataset_source, load_config
+    from ppl_tf.config import DEMO_CONFIG, ConfigError, dataset_source, load_config
     from ppl_tf.data import DataError, make_splits, validate
     from ppl_tf.data.splits import write_splits
 
     args = parse_args(argv)
-    default = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     try:
-        config = load_config(args.config or default, args.overrides)
+        config = load_config(args.config or DEMO_CONFIG, args.overrides)
     except ConfigError as error:
         print(f"validate.py: {error}", file=sys.stderr)
         return 2
@@ -46,10 +45,13 @@ def main(argv=None):
         labeled = "1/1" if config.labeled == "all" else config.labeled
         splits = make_splits(source, labeled, seed=config.seed)
         splits, report = validate(
-            source, splits, full=args.full, skip_bad=args.skip_bad,
+            source,
+            splits,
+            full=args.full,
+            skip_bad=args.skip_bad,
             hint="(add --skip-bad --write-splits FOLDER to write split lists without them; "
             "train with labeled=FOLDER)",
-        )  # fmt: skip
+        )
     except DataError as error:
         print(f"validate.py: {error}", file=sys.stderr)
         return 1

@@ -1,27 +1,20 @@
 """Quick modes of the benchmark scripts: they run from the repository and write their tables."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import keras
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_repo_script
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(
-        f"bench_{name}", ROOT / "benchmarks" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script(f"benchmarks/{name}.py")
 
 
 def test_cost_counts_parameters_and_multiply_adds(tmp_path):
-    rows = load("cost").main(["--backbone", "tiny", "--size", "64", "--stages", "0", "2",
-                              "--out", str(tmp_path)])  # fmt: skip
+    rows = load("cost").main(
+        ["--backbone", "tiny", "--size", "64", "--stages", "0", "2", "--out", str(tmp_path)]
+    )
     n0, n2 = rows
     assert n2["params"] > n0["params"] and n2["macs"] > n0["macs"]
     # A 64x64 image through the tiny model: tens of millions of multiply-adds, not billions.
@@ -32,12 +25,23 @@ def test_cost_counts_parameters_and_multiply_adds(tmp_path):
 
 @pytest.mark.slow
 def test_train_step_benchmark_quick_mode(tmp_path):
-    argv = ["--configs", "tiny:32:2", "tiny:32:2:8:mixed_bfloat16", "--steps", "2",
-            "--warmup", "1", "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--configs",
+        "tiny:32:2",
+        "tiny:32:2:8:mixed_bfloat16",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     rows = load("train_step").main(argv)
     assert [r["num_stages"] for r in rows] == [0, 2, 0, 2]
     assert [(r["output_stride"], r["precision"]) for r in rows[1:3]] == [
-        (16, "float32"), (8, "mixed_bfloat16")]  # fmt: skip
+        (16, "float32"),
+        (8, "mixed_bfloat16"),
+    ]
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     assert all(r["median_s"] > 0 and r["images_per_s"] > 0 for r in rows)
     assert "overhead_pct" in rows[1]
@@ -46,8 +50,20 @@ def test_train_step_benchmark_quick_mode(tmp_path):
 
 @pytest.mark.slow
 def test_inference_benchmark_quick_mode(tmp_path):
-    argv = ["--backbones", "tiny", "--batches", "1", "--size", "64", "--runs", "1",
-            "--warmup", "1", "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--backbones",
+        "tiny",
+        "--batches",
+        "1",
+        "--size",
+        "64",
+        "--runs",
+        "1",
+        "--warmup",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     result = load("inference").main(argv)
     assert {r["path"] for r in result["rows"]} == {"keras", "savedmodel", "onnxruntime"}
     assert result["matmul_peak_macs_per_s"] > 1e9
@@ -55,8 +71,20 @@ def test_inference_benchmark_quick_mode(tmp_path):
 
 
 def test_pipeline_benchmark_quick_mode(tmp_path):
-    argv = ["--images", "8", "--batch", "2", "--crop", "96", "--batches", "2", "--warmup", "1",
-            "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--images",
+        "8",
+        "--batch",
+        "2",
+        "--crop",
+        "96",
+        "--batches",
+        "2",
+        "--warmup",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     result = load("pipeline").main(argv)
     assert result["images_per_s"] > 0 and result["crop"] == 96
     assert json.loads((tmp_path / "pipeline.json").read_text()) == result

@@ -53,7 +53,7 @@ def test_short_progress_bar_shows_the_chosen_logs_only():
 
 
 def visible_lines(text):
-    """The lines a terminal shows of Keras' progress output (colour codes and the
+    """The lines a terminal shows of Keras' progress output (color codes and the
     backspaces and carriage returns that redraw the bar removed)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", text).replace("\b", "")
     return [line for part in text.split("\n") for line in part.split("\r")]

@@ -26,8 +26,9 @@ def test_a_missing_python_fails_the_check_and_says_where_it_looked(tmp_path, cap
     check = load()
     monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
     assert check.find_python("3.99") == (
-        None, ["python3.99 on PATH", str(tmp_path / "versions" / "3.99.*" / "bin" / "python3.99")]
-    )  # fmt: skip
+        None,
+        ["python3.99 on PATH", str(tmp_path / "versions" / "3.99.*" / "bin" / "python3.99")],
+    )
     assert check.main(["3.99", str(tmp_path / "python3.98"), "--venvs", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "  3.99: FAILED: Python 3.99 not found (looked at: python3.99 on PATH;" in out

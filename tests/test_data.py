@@ -3,6 +3,7 @@ import hashlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import load_repo_script
 from PIL import Image
 
 from ppl_tf.data import (
@@ -27,7 +28,7 @@ from ppl_tf.data.augment import (
 )
 from ppl_tf.data.classes import CITYSCAPES_ID_TO_TRAIN_ID, VOC_PALETTE
 from ppl_tf.data.decode import read_mask
-from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
+from ppl_tf.data.digit_scenes import DigitSceneConfig, materialize
 from ppl_tf.data.splits import generate_partition
 
 
@@ -138,14 +139,14 @@ def test_augmented_masks_keep_values_and_alignment():
     mask[0:3, :] = 255
     image[mask == 3] = (250, 0, 0)
     image[mask == 7] = (0, 0, 250)
-    colours = np.array([(60, 60, 60), (250, 0, 0), (0, 0, 250)], np.float32)
+    colors = np.array([(60, 60, 60), (250, 0, 0), (0, 0, 250)], np.float32)
     flips = set()
     for k in range(30):
         out_image, out_mask = weak_geometry(image, mask, tf.constant([k, 7], tf.int64), 48)
         out_image, out_mask = out_image.numpy(), out_mask.numpy()
         assert set(np.unique(out_mask)) <= {0, 3, 7, 255}
-        # The mask still matches the image content: classify each pixel by its nearest colour.
-        nearest = np.argmin(((out_image[..., None, :] - colours) ** 2).sum(-1), axis=-1)
+        # The mask still matches the image content: classify each pixel by its nearest color.
+        nearest = np.argmin(((out_image[..., None, :] - colors) ** 2).sum(-1), axis=-1)
         content = np.array([0, 3, 7])[nearest]
         inside = (out_mask != 255) & (out_image.sum(-1) > 0)  # not padding
         agreement = np.mean(content[inside] == out_mask[inside])
@@ -195,7 +196,7 @@ def test_strong_view_differs_only_photometrically():
         strong = strong_photometric(weak, tf.constant([k, 1], tf.int64), p_blur=0.0).numpy()
         region = np.zeros((32, 32), bool)
         region[8:20, 8:24] = True
-        # A point-wise colour change: every pixel of one weak colour gets one strong colour.
+        # A point-wise color change: every pixel of one weak color gets one strong color.
         assert np.ptp(strong[region], axis=0).max() < 1e-3
         assert np.ptp(strong[~region], axis=0).max() < 1e-3
     changed = [
@@ -216,7 +217,7 @@ def test_pipeline_views_share_geometry(tmp_path):
     masks = batch["unlabeled_masks"].numpy()
     for i in range(3):
         # The weak view's red pixels are the mask's class-1 pixels; the strong view keeps the
-        # same regions: within a mask region its colours vary little compared with across.
+        # same regions: within a mask region its colors vary little compared with across.
         for cls in np.unique(masks[i]):
             if cls == 255 or (masks[i] == cls).sum() < 10:
                 continue
@@ -225,9 +226,13 @@ def test_pipeline_views_share_geometry(tmp_path):
             if len(outside):
                 assert np.abs(outside.mean(0) - inside).max() > 1.0
         assert weak.shape == strong.shape
-    again = next(iter(semi_supervised_dataset(
-        source, splits.labeled, splits.unlabeled, 2, 3, AugmentConfig(crop_size=16), seed=3
-    )))  # fmt: skip
+    again = next(
+        iter(
+            semi_supervised_dataset(
+                source, splits.labeled, splits.unlabeled, 2, 3, AugmentConfig(crop_size=16), seed=3
+            )
+        )
+    )
     for key in batch:
         np.testing.assert_array_equal(again[key].numpy(), batch[key].numpy())
 
@@ -354,9 +359,14 @@ def test_unreadable_samples_are_left_out_and_named_once(custom, capsys):
     validate(source, splits)  # the header pass cannot see it
     skipped = SkippedSamples()
     ds = semi_supervised_dataset(
-        source, splits.labeled, splits.unlabeled, 2, 2, AugmentConfig(crop_size=16),
+        source,
+        splits.labeled,
+        splits.unlabeled,
+        2,
+        2,
+        AugmentConfig(crop_size=16),
         skipped=skipped,
-    )  # fmt: skip
+    )
     for _ in range(8):  # 4 passes over the two readable unlabeled images
         next(iter(ds))
     assert list(skipped.messages) == [("unlabeled", "img10")]
@@ -424,7 +434,7 @@ def test_crowded_layout_has_more_smaller_digits_and_more_background(tmp_path):
 
     standard = DigitSceneConfig(num_train=8, num_val=2, seed=1)
     roots = {
-        name: materialise(tmp_path / name, config, verbose=False)
+        name: materialize(tmp_path / name, config, verbose=False)
         for name, config in (("standard", standard), ("crowded", crowded_scenes(standard)))
     }
     import json
@@ -440,8 +450,8 @@ def test_crowded_layout_has_more_smaller_digits_and_more_background(tmp_path):
 
 def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):
     config = DigitSceneConfig(num_train=12, num_val=4, size=48, seed=3)
-    a = materialise(tmp_path / "a", config, verbose=False)
-    b = materialise(tmp_path / "b", config, verbose=False)
+    a = materialize(tmp_path / "a", config, verbose=False)
+    b = materialize(tmp_path / "b", config, verbose=False)
     assert _digest(a) == _digest(b)
     import json
 
@@ -454,20 +464,14 @@ def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):
     source = custom_source(a)
     splits = make_splits(source, labeled="1/4", seed=0)
     assert len(splits.labeled) == 3 and len(splits.val) == 4
-    c = materialise(
+    c = materialize(
         tmp_path / "c", DigitSceneConfig(num_train=12, num_val=4, size=48, seed=4), verbose=False
     )
     assert _digest(c) != _digest(a)
 
 
 def test_validate_command_names_bad_files_and_writes_clean_lists(custom, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "validate.py"
-    spec = importlib.util.spec_from_file_location("validate_script", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_repo_script("scripts/validate.py")
     root = custom
     argv = ["dataset=custom", f"data_dir={root}", "labeled=4"]
     assert module.main(argv) == 0

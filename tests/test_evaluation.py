@@ -1,10 +1,13 @@
-"""Sliding-window evaluation and the IoU arithmetic."""
+"""Sliding-window evaluation, the IoU arithmetic and run configurations."""
+
+import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ppl_tf.config import ConfigError, load_config, parse_override, save_config
+from ppl_tf.config import ConfigError, TrainConfig, load_config, parse_override, save_config
 from ppl_tf.evaluation import (
     _window_starts,
     confusion_matrix,
@@ -67,3 +70,32 @@ def test_shipped_configs_load():
     for path in configs:
         config = load_config(path)
         assert config.epochs >= 1, path
+
+
+def test_defaults_tell_one_story():
+    """TrainConfig's method and optimization defaults are PPLTrainer's, compile's and
+    build_segmenter's, and the paper's VOC setting of configs/voc_r50.yaml."""
+    from ppl_tf.models import build_segmenter
+    from ppl_tf.training import PPLTrainer
+
+    def defaults(function):
+        return {name: p.default for name, p in inspect.signature(function).parameters.items()}
+
+    library = {**defaults(build_segmenter), **defaults(PPLTrainer.compile)}
+    library.update(defaults(PPLTrainer.__init__))
+    renamed = {"ema_alpha_start": "ema_start", "ema_alpha_end": "ema_end"}
+    config = TrainConfig()
+    shared = [key for key in config.to_dict() if renamed.get(key, key) in library]
+    assert len(shared) >= 20, shared
+    for key in shared:
+        if key in ("backbone", "backbone_weights"):  # the data and the model's size: tiny
+            continue
+        assert getattr(config, key) == library[renamed.get(key, key)], key
+    root = Path(__file__).resolve().parents[1]
+    voc = load_config(root / "configs" / "voc_r50.yaml")
+    method = (
+        "optimizer base_lr backbone_lr_multiplier weight_decay batch_size epochs warmup_epochs "
+        "unsupervised_weight tau gamma margin num_stages memory_length output_stride"
+    )
+    for key in method.split():
+        assert getattr(voc, key) == getattr(config, key), key

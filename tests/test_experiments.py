@@ -14,10 +14,19 @@ def load():
 
 
 @pytest.mark.slow
-def test_quick_table3_runs_skips_when_restarted_and_summarises(tmp_path, capsys):
+def test_quick_table3_runs_skips_when_restarted_and_summarizes(tmp_path, capsys):
     experiments = load()
-    argv = ["--quick", "--only", "table3", "--jobs", "1", "--out", str(tmp_path / "x"),
-            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    argv = [
+        "--quick",
+        "--only",
+        "table3",
+        "--jobs",
+        "1",
+        "--out",
+        str(tmp_path / "x"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     summary = experiments.main(argv)
     runs = sorted(p.parent.name for p in (tmp_path / "x").rglob("metrics.json"))
     assert runs == sorted(f"{name}_s0" for name in experiments.TABLE3)
@@ -40,8 +49,9 @@ def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_p
     assert len(runs) == 7 * 2 + 8 + 1 + 3
     for name, overrides in runs.items():
         # no budget override: configs/demo.yaml's epochs, steps and warm-up apply
-        assert not any(o.split("=")[0] in ("epochs", "steps_per_epoch", "warmup_epochs")
-                       for o in overrides), name  # fmt: skip
+        assert not any(
+            o.split("=")[0] in ("epochs", "steps_per_epoch", "warmup_epochs") for o in overrides
+        ), name
     heldout = {n: o for n, o in runs.items() if n.startswith("heldout/")}
     assert list(heldout) == [f"heldout/{n}_s3" for n in ("sup_only", "baseline", "ppl")]
     assert all("digits_layout=crowded" in o for o in heldout.values())
@@ -50,7 +60,7 @@ def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_p
         folder.mkdir(parents=True)
         metrics = {"teacher_miou": 0.1 + 0.1 * k, "student_miou": 0.15 + 0.1 * k}
         (folder / "metrics.json").write_text(json.dumps(metrics))
-    summary = experiments.summarise(tmp_path, [3])
+    summary = experiments.summarize(tmp_path, [3])
     assert summary["heldout"]["baseline"] == {"teacher_miou": 0.2, "student_miou": 0.25}
     text = (tmp_path / "summary.md").read_text()
     assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text
@@ -58,17 +68,33 @@ def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_p
 
 def test_methods_narrow_table3_and_heldout_in_seed_order():
     experiments = load()
-    names = [n for n, _ in experiments.plan([0, 1], ["table3", "heldout"],
-                                            methods=("ppl", "sup_only"))]  # fmt: skip
-    assert names == ["table3/sup_only_s0", "table3/ppl_s0", "table3/sup_only_s1",
-                     "table3/ppl_s1", "heldout/sup_only_s0", "heldout/ppl_s0"]  # fmt: skip
+    names = [
+        n for n, _ in experiments.plan([0, 1], ["table3", "heldout"], methods=("ppl", "sup_only"))
+    ]
+    assert names == [
+        "table3/sup_only_s0",
+        "table3/ppl_s0",
+        "table3/sup_only_s1",
+        "table3/ppl_s1",
+        "heldout/sup_only_s0",
+        "heldout/ppl_s0",
+    ]
 
 
 @pytest.mark.slow
 def test_parallel_jobs_run_in_processes_and_reach_the_summary(tmp_path, capsys):
     experiments = load()
-    argv = ["--quick", "--only", "heldout", "--jobs", "2", "--out", str(tmp_path / "x"),
-            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    argv = [
+        "--quick",
+        "--only",
+        "heldout",
+        "--jobs",
+        "2",
+        "--out",
+        str(tmp_path / "x"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     summary = experiments.main(argv)
     out = capsys.readouterr().out
     assert out.count("[done]") == 3

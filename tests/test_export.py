@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import relative_error
+from helpers import load_repo_script, relative_error
 from PIL import Image
 
 from ppl_tf.export import next_version
@@ -52,18 +52,34 @@ def test_signatures_seen_by_saved_model_cli(tiny_export, tmp_path):
     cli = Path(sys.executable).with_name("saved_model_cli")
     show = subprocess.run(
         [cli, "show", "--dir", folder, "--tag_set", "serve", "--signature_def", "serving_default"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "inputs['images']" in show and "DT_UINT8" in show and "(-1, -1, -1, 3)" in show
     assert "outputs['class_ids']" in show and "DT_INT32" in show
     assert "outputs['probabilities']" in show and "(-1, -1, -1, 5)" in show
     images = random_images((2, 41, 30), seed=3)
     np.save(tmp_path / "images.npy", images)
     subprocess.run(
-        [cli, "run", "--dir", folder, "--tag_set", "serve", "--signature_def", "serving_default",
-         "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir", tmp_path / "out"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            cli,
+            "run",
+            "--dir",
+            folder,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"images={tmp_path / 'images.npy'}",
+            "--outdir",
+            tmp_path / "out",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     class_ids = np.load(tmp_path / "out" / "class_ids.npy")
     expected = np.argmax(model(images.astype(np.float32), training=False), axis=-1)
     assert np.mean(class_ids == expected) >= 0.999
@@ -164,12 +180,8 @@ def test_predict_script_in_a_fresh_process_without_model_code(tiny_export, tmp_p
 
 
 def test_predict_script_names_a_corrupt_image_and_can_skip_it(tiny_export, tmp_path, capsys):
-    import importlib.util
-
     _, folder = tiny_export
-    spec = importlib.util.spec_from_file_location("predict_script", ROOT / "scripts" / "predict.py")
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
+    predict = load_repo_script("scripts/predict.py")
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(random_images((1, 20, 20))[0]).save(inputs / "good.png")

@@ -2,8 +2,27 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_layer_test
 
 from ppl_tf.layers import ClassifierMemoryBank
+
+
+@keras.saving.register_keras_serializable(package="ppl_tf_tests")
+class ScoresAgainstBank(keras.layers.Layer):
+    """Scores features against a bank's newest prototypes, as a PPL stage's attention reads
+    them: a bank has no inputs of its own, so the layer test runs it inside this one."""
+
+    def __init__(self, num_classes, length, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.bank = ClassifierMemoryBank(num_classes, length, channels, name="memory")
+
+    def call(self, features):
+        return keras.ops.matmul(features, keras.ops.transpose(self.bank.read()[:, -1]))
+
+    def get_config(self):
+        bank = self.bank
+        sizes = {"num_classes": bank.num_classes, "length": bank.length, "channels": bank.channels}
+        return {**super().get_config(), **sizes}
 
 
 def test_holds_last_t_pushes_in_order(rng):
@@ -38,23 +57,19 @@ def test_no_gradient_reaches_the_bank(rng):
     assert tape.gradient(loss, bank.prototypes.value) is None
 
 
-def test_keras_round_trip_bit_for_bit(tmp_path, rng):
-    bank = ClassifierMemoryBank(3, 4, 5, name="memory")
+def test_standard_layer_checks(tmp_path, rng):
+    inputs = keras.Input((5,))
+    scores = ScoresAgainstBank(3, 4, 5, name="scores")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(scores(inputs)))
+    bank = scores.bank
     bank.reset(rng.normal(size=(3, 5)).astype("float32"))
     for _ in range(6):
         bank.push(rng.normal(size=(3, 5)).astype("float32"))
-    # A bank alone has no inputs; save it inside a model that carries it as a layer.
-    inputs = keras.Input((5,))
-    holder = keras.Model(inputs, keras.layers.Identity()(inputs))
-    holder.bank = bank
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(bank))
-    assert restored.get_config() == bank.get_config()
-    path = tmp_path / "bank.weights.h5"
-    holder.save_weights(path)
-    fresh_holder = keras.Model(inputs, keras.layers.Identity()(inputs))
-    fresh_holder.bank = ClassifierMemoryBank(3, 4, 5, name="memory")
-    fresh_holder.load_weights(path)
-    assert fresh_holder.bank.prototypes.numpy().tobytes() == bank.prototypes.numpy().tobytes()
+    features = rng.normal(size=(4, 5)).astype("float32")
+    # The training step moves the head and leaves the bank as it was: no gradient reaches it.
+    restored = run_layer_test(bank, model, features, tmp_path, unchanged=[bank.prototypes])
+    restored_bank = restored.get_layer("scores").bank
+    assert restored_bank.get_config() == bank.get_config()
 
 
 def test_identical_on_both_replicas_after_push():

@@ -1,13 +1,12 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from helpers import count_params, keras_round_trip, relative_error
+from helpers import count_params, relative_error, run_layer_test
 
 from ppl_tf.layers import PrototypeAttention
 
 
-def randomise_batchnorm(layer, rng):
+def randomize_batchnorm(layer, rng):
     for sub in layer._flatten_layers():
         if isinstance(sub, keras.layers.BatchNormalization):
             n = sub.gamma.shape[0]
@@ -53,7 +52,7 @@ def test_matches_eq2_eq3(feature_shape, num_classes, length, key_channels, train
     prototypes = rng.normal(size=(num_classes, length, channels)).astype("float32")
     layer = PrototypeAttention(key_channels)
     layer.build(features.shape, prototypes.shape)
-    randomise_batchnorm(layer, rng)
+    randomize_batchnorm(layer, rng)
     w_ref, refined_ref = eq23_reference(layer, features, prototypes, training)
     w = layer.affinity(features, prototypes, training=training)
     assert w.shape == feature_shape[:-1] + (num_classes * length,)
@@ -64,8 +63,6 @@ def test_matches_eq2_eq3(feature_shape, num_classes, length, key_channels, train
 
 def test_standard_layer_checks(tmp_path, rng):
     layer = PrototypeAttention(4, name="attention")
-    config = layer.get_config()
-    assert PrototypeAttention.from_config(config).get_config() == config
     # Symbolic call.
     f_in = keras.Input((None, None, 8))
     p_in = keras.Input((3, 8), batch_size=5)  # (K, T, C) = (5, 3, 8)
@@ -76,22 +73,9 @@ def test_standard_layer_checks(tmp_path, rng):
     assert count_params(layer.trainable_weights) == linear + 2 * (5 * 4 + 8)
     assert count_params(layer.non_trainable_weights) == 2 * (5 * 4 + 8)
     assert all(hasattr(layer, name) for name in ("rho", "psi", "delta", "g"))
-    model = keras.Model([f_in, p_in], out)
     features = rng.normal(size=(2, 3, 3, 8)).astype("float32")
     prototypes = rng.normal(size=(5, 3, 8)).astype("float32")
-    eager = model([features, prototypes])
-    restored = keras_round_trip(model, tmp_path)
-    np.testing.assert_allclose(restored([features, prototypes]), eager, rtol=1e-6, atol=1e-6)
-    # One training step: every trainable weight gets a finite gradient and moves.
-    optimizer = keras.optimizers.SGD(0.1)
-    before = [w.numpy().copy() for w in layer.trainable_weights]
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean((layer(features, prototypes, training=True) - 1.0) ** 2)
-    grads = tape.gradient(loss, layer.trainable_weights)
-    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
-    optimizer.apply(grads, layer.trainable_weights)
-    after = [w.numpy() for w in layer.trainable_weights]
-    assert all(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+    run_layer_test(layer, keras.Model([f_in, p_in], out), [features, prototypes], tmp_path)
 
 
 def test_bad_arguments():

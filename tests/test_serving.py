@@ -1,20 +1,16 @@
 """REST and gRPC clients against local servers speaking TF Serving's protocols."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from ppl_tf.inference import ExportedModel
-from ppl_tf.serving import (
-    GrpcClient,
-    GrpcServer,
-    RestClient,
-    RestServer,
-    ServingError,
-    SignatureRunner,
-)
+from ppl_tf.serving.client import GrpcClient, RestClient, ServingError
+from ppl_tf.serving.local_server import GrpcServer, RestServer, SignatureRunner
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +33,10 @@ def servers(tiny_export):
 @pytest.fixture(scope="module")
 def real_image(tmp_path_factory):
     """A digit scene: a real (non-random) image, as uint8 pixels and PNG bytes."""
-    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialise
+    from ppl_tf.data.digit_scenes import DigitSceneConfig, materialize
 
     config = DigitSceneConfig(num_train=2, num_val=1, size=48, seed=5)
-    root = materialise(tmp_path_factory.mktemp("scenes"), config, verbose=False)
+    root = materialize(tmp_path_factory.mktemp("scenes"), config, verbose=False)
     path = root / "images" / "val_00000.png"
     return np.asarray(Image.open(path).convert("RGB")), path.read_bytes()
 
@@ -101,3 +97,16 @@ def test_unknown_model_or_version_is_not_found(servers):
     grpc_client = servers["grpc"]
     with pytest.raises(ServingError, match="NOT_FOUND"):
         GrpcClient(grpc_client.target, "other").predict(np.zeros((1, 4, 4, 3), np.uint8))
+
+
+def test_an_application_imports_the_clients_without_the_servers_or_tensorflow():
+    code = (
+        "import sys\n"
+        "from ppl_tf.serving import GrpcClient, RestClient, ServingError\n"
+        "loaded = [m for m in ('tensorflow', 'keras', 'ppl_tf.serving.local_server')"
+        " if m in sys.modules]\n"
+        "print('LOADED', loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout, result.stdout

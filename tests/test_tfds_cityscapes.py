@@ -26,8 +26,11 @@ from ppl_tf.data import (
 from ppl_tf.data.sources import load_source
 
 H, W = 1024, 2048
-FRAMES = {"train": ["aachen_000000_000019", "aachen_000001_000019", "bad-honnef_000002_000019"],
-          "val": ["frankfurt_000000_000294"], "test": ["berlin_000000_000019"]}  # fmt: skip
+FRAMES = {
+    "train": ["aachen_000000_000019", "aachen_000001_000019", "bad-honnef_000002_000019"],
+    "val": ["frankfurt_000000_000294"],
+    "test": ["berlin_000000_000019"],
+}
 
 
 def frame(split, k):
@@ -57,8 +60,10 @@ def write_zips(manual, extracted=None):
             for k, image_id in enumerate(ids):
                 city = image_id.rsplit("_", 2)[0]
                 image, labels = frame(split, k)
-                names = (f"leftImg8bit/{split}/{city}/{image_id}_leftImg8bit.png",
-                         f"gtFine/{split}/{city}/{image_id}_gtFine_labelIds.png")  # fmt: skip
+                names = (
+                    f"leftImg8bit/{split}/{city}/{image_id}_leftImg8bit.png",
+                    f"gtFine/{split}/{city}/{image_id}_gtFine_labelIds.png",
+                )
                 for archive, name, array in ((left, names[0], image), (fine, names[1], labels)):
                     data = png(array)
                     archive.writestr(name, data)
@@ -131,8 +136,11 @@ def test_train_config_reaches_the_tfds_source(prepared):
     root, _ = prepared
     config = load_config(
         None,
-        ["dataset=cityscapes_tfds", f"data_dir={root / 'manual'}",
-         f"tfds_data_dir={root / 'tfds'}"],  # fmt: skip
+        [
+            "dataset=cityscapes_tfds",
+            f"data_dir={root / 'manual'}",
+            f"tfds_data_dir={root / 'tfds'}",
+        ],
     )
     source = dataset_source(config)
     assert source.name == "cityscapes_tfds" and len(source.samples) == 4

@@ -1,7 +1,7 @@
-"""scripts/train.py and scripts/evaluate.py end to end, their errors, resume after SIGKILL."""
+"""Training runs end to end (`ppl_tf.run.train` and scripts/train.py), scripts/evaluate.py,
+their errors, resume after SIGKILL."""
 
 import csv
-import importlib.util
 import json
 import os
 import shlex
@@ -13,25 +13,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_repo_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_run(tmp_path, out="run", **extra):
     """Overrides for a seconds-long run on a small digit-scene set."""
     values = {
-        "cache_dir": tmp_path / "cache", "digits_train_scenes": 40, "labeled": 8,
-        "epochs": 2, "steps_per_epoch": 3, "warmup_epochs": 1, "batch_size": 2,
-        "eval_batch_size": 50, "out": tmp_path / out, "export_dir": tmp_path / "exported",
+        "cache_dir": tmp_path / "cache",
+        "digits_train_scenes": 40,
+        "labeled": 8,
+        "epochs": 2,
+        "steps_per_epoch": 3,
+        "warmup_epochs": 1,
+        "batch_size": 2,
+        "eval_batch_size": 50,
+        "out": tmp_path / out,
+        "export_dir": tmp_path / "exported",
         "images_to_log": 2,
-    }  # fmt: skip
+    }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -43,11 +44,25 @@ def log_rows(path):
 
 @pytest.mark.slow
 def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, capsys):
-    assert load_script("train").main(tiny_run(tmp_path)) == 0
+    from ppl_tf.config import DEMO_CONFIG, load_config
+    from ppl_tf.run import train
+
+    returned = train(load_config(DEMO_CONFIG, tiny_run(tmp_path)))
     out = tmp_path / "run"
-    for name in ("config.yaml", "dataset.json", "best.weights.h5", "log.csv", "metrics.json",
-                 "per_class_iou.md", "student.keras", "teacher.keras", "predictions.png",
-                 "curves.png", "predictions/epoch_002.png", "pseudo_labels.png"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "dataset.json",
+        "best.weights.h5",
+        "log.csv",
+        "metrics.json",
+        "per_class_iou.md",
+        "student.keras",
+        "teacher.keras",
+        "predictions.png",
+        "curves.png",
+        "predictions/epoch_002.png",
+        "pseudo_labels.png",
+    ):
         assert (out / name).is_file(), name
     # per epoch and class: the pseudo-label share beside the labeled share
     shares = log_rows(out / "pseudo_labels.csv")
@@ -63,6 +78,7 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert "loss_contrast_2" in rows[0] and "pseudo_miou" in rows[0] and "lr_head" in rows[0]
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == returned
     assert metrics["steps"] == 6
     assert set(metrics["teacher_per_class_iou"]) == {"background"} | {str(d) for d in range(10)}
     export = tmp_path / "exported" / "digits" / "1"  # export_name of configs/demo.yaml
@@ -71,7 +87,7 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
     # The logged val mIoU of the best epoch, the final metrics and evaluate.py agree.
     best_logged = max(float(r["val_teacher_miou"]) for r in rows)
     assert metrics["teacher_miou"] == pytest.approx(best_logged, abs=1e-4)
-    evaluate = load_script("evaluate")
+    evaluate = load_repo_script("scripts/evaluate.py")
     assert evaluate.main([str(out), "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["miou"] == pytest.approx(
         metrics["teacher_miou"], abs=1e-6
@@ -87,7 +103,7 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
 @pytest.mark.slow
 def test_mirrored_run_over_two_logical_cpus(tmp_path, capsys):
     # conftest splits the CPU into two logical devices for the whole test session.
-    code = load_script("train").main(
+    code = load_repo_script("scripts/train.py").main(
         ["--strategy", "mirrored", *tiny_run(tmp_path, epochs=1, warmup_epochs=0, export=False)]
     )
     assert code == 0
@@ -106,12 +122,12 @@ def test_mirrored_run_over_two_logical_cpus(tmp_path, capsys):
     ],
 )
 def test_bad_configuration_is_a_clear_error(argv, message, capsys):
-    assert load_script("train").main(argv) == 2
+    assert load_repo_script("scripts/train.py").main(argv) == 2
     assert message in capsys.readouterr().err
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
-    code = load_script("train").main(
+    code = load_repo_script("scripts/train.py").main(
         ["dataset=custom", f"data_dir={tmp_path / 'nope'}", f"out={tmp_path / 'r'}"]
     )
     assert code == 2
@@ -136,7 +152,7 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path, capsys):
     run.mkdir()
     (run / "config.yaml").write_text("epochs: 1\n")
     (run / "teacher.keras").write_bytes(b"not a zip archive")
-    assert load_script("evaluate").main([str(run)]) == 2
+    assert load_repo_script("scripts/evaluate.py").main([str(run)]) == 2
     assert "teacher.keras: cannot load the model" in capsys.readouterr().err
 
 
@@ -185,8 +201,15 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": ""}
         argv = [sys.executable, str(ROOT / "scripts" / "train.py"), "--strategy", "multi_worker"]
-        processes.append(subprocess.Popen([*argv, *overrides], env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [*argv, *overrides],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=600) for p in processes]
     codes = [p.returncode for p in processes]
     assert codes == [0, 0], "\n---\n".join(err[-2500:] for _, err in outputs)
@@ -219,8 +242,10 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
 @pytest.mark.parametrize(
     "argv, keys",
     [
-        (["--config", "configs/voc_r50.yaml", "optimizer=adamw"],
-         ("optimizer='adamw'", "backbone_lr_multiplier=0.1")),
+        (
+            ["--config", "configs/voc_r50.yaml", "optimizer=adamw"],
+            ("optimizer='adamw'", "backbone_lr_multiplier=0.1"),
+        ),
         (["backbone_lr_multiplier=0.5"], ("optimizer='adamw'", "backbone_lr_multiplier=0.5")),
         (["backbone=tiny", "backbone_weights=imagenet"], ("backbone=tiny", "backbone_weights")),
         (["noise_ratio=0.2", "use_unlabeled=false"], ("noise_ratio=0.2", "use_unlabeled=false")),
@@ -229,16 +254,16 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
         (["eval_crop=0"], ("eval_crop",)),
         (["export_network=both"], ("export_network",)),
     ],
-)  # fmt: skip
+)
 def test_config_mistakes_stop_before_any_data_is_read(argv, keys, capsys, monkeypatch):
-    train = load_script("train")
+    import ppl_tf.run
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data was read before the config was checked")
 
-    monkeypatch.setattr(train, "load_data", no_data)
+    monkeypatch.setattr(ppl_tf.run, "load_data", no_data)
     monkeypatch.chdir(ROOT)
-    assert train.main([*argv, "data_dir=/nonexistent"]) == 2
+    assert load_repo_script("scripts/train.py").main([*argv, "data_dir=/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("train.py: "), err
     for key in keys:
@@ -274,10 +299,19 @@ def truncate(path):
 
 def folder_run(tmp_path, data, out="run", **extra):
     values = {
-        "dataset": "custom", "data_dir": data, "labeled": 4, "crop_size": 16, "epochs": 2,
-        "steps_per_epoch": 3, "warmup_epochs": 0, "batch_size": 2, "eval_batch_size": 4,
-        "export": False, "images_to_log": 0, "out": tmp_path / out,
-    }  # fmt: skip
+        "dataset": "custom",
+        "data_dir": data,
+        "labeled": 4,
+        "crop_size": 16,
+        "epochs": 2,
+        "steps_per_epoch": 3,
+        "warmup_epochs": 0,
+        "batch_size": 2,
+        "eval_batch_size": 4,
+        "export": False,
+        "images_to_log": 0,
+        "out": tmp_path / out,
+    }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -306,8 +340,10 @@ def test_corrupt_unlabeled_image_is_skipped_with_a_warning_not_a_hang(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: unlabeled sample left out: {bad}: cannot decode the image "
-                        "(image file is truncated)"]  # fmt: skip
+    assert warnings == [
+        f"warning: unlabeled sample left out: {bad}: cannot decode the image "
+        "(image file is truncated)"
+    ]
     assert "data: 1 sample(s) could not be read and were left out:" in result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 6 and list(metrics["skipped_samples"]) == ["unlabeled/img13"]
@@ -329,8 +365,9 @@ def test_corrupt_labeled_image_is_refused_with_commands_that_go_on(tmp_path):
     assert not (tmp_path / "run" / "log.csv").exists()  # refused before training
     # The hint is two commands; run them as a user would paste them.
     lines = result.stderr.splitlines()
-    start = lines.index("To train without them, write split lists that leave them out and "
-                        "train on those:")  # fmt: skip
+    start = lines.index(
+        "To train without them, write split lists that leave them out and train on those:"
+    )
     validate, train = (shlex.split(line) for line in lines[start + 1 : start + 3])
     assert validate[1].endswith("validate.py") and "--skip-bad" in validate
     checked = run_script(validate, cwd=tmp_path)
@@ -352,13 +389,13 @@ def finished_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("finished")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = load_script("train").main(tiny_run(tmp_path, images_to_log=0))
+        code = load_repo_script("scripts/train.py").main(tiny_run(tmp_path, images_to_log=0))
     assert code == 0
     return tmp_path / "run", printed.getvalue(), tmp_path
 
 
 def visible_lines(text):
-    """The lines a terminal shows of Keras' progress output (colour codes and the
+    """The lines a terminal shows of Keras' progress output (color codes and the
     backspaces and carriage returns that redraw the bar removed)."""
     import re
 
@@ -374,10 +411,22 @@ def test_progress_bar_is_short_and_the_log_keeps_every_metric(finished_run):
     assert all("loss_labeled" in bar and "mask_ratio" in bar for bar in bars)
     assert "loss_contrast" not in printed and "lr_head" not in printed
     columns = set(log_rows(run / "log.csv")[0])
-    assert columns >= {"loss", "loss_labeled", "loss_unlabeled_ce", "loss_contrast",
-                       "loss_contrast_1", "loss_contrast_2", "mask_ratio", "ema_alpha",
-                       "lr_head", "lr_backbone", "pseudo_miou", "pseudo_recall",
-                       "val_teacher_miou", "val_student_miou"}  # fmt: skip
+    assert columns >= {
+        "loss",
+        "loss_labeled",
+        "loss_unlabeled_ce",
+        "loss_contrast",
+        "loss_contrast_1",
+        "loss_contrast_2",
+        "mask_ratio",
+        "ema_alpha",
+        "lr_head",
+        "lr_backbone",
+        "pseudo_miou",
+        "pseudo_recall",
+        "val_teacher_miou",
+        "val_student_miou",
+    }
 
 
 @pytest.mark.slow
@@ -404,7 +453,7 @@ def test_run_folder_round_trips_through_export_evaluate_and_predict(finished_run
 
     run, _, _ = finished_run
     metrics = json.loads((run / "metrics.json").read_text())
-    export = load_script("export")
+    export = load_repo_script("scripts/export.py")
     exported = tmp_path / "exported"
     argv = [str(run), "--network", "teacher", "--name", "digits2", "--out", str(exported)]
     assert export.main(argv) == 0
@@ -412,7 +461,8 @@ def test_run_folder_round_trips_through_export_evaluate_and_predict(finished_run
     metadata = json.loads((version / "metadata.json").read_text())
     assert metadata["model_config"] == yaml.safe_load((run / "config.yaml").read_text())
     result = tmp_path / "eval.json"
-    assert load_script("evaluate").main([str(version.parent), "--json", str(result)]) == 0
+    evaluate = load_repo_script("scripts/evaluate.py")
+    assert evaluate.main([str(version.parent), "--json", str(result)]) == 0
     miou = json.loads(result.read_text())["miou"]
     assert miou == pytest.approx(metrics["teacher_miou"], abs=1e-3)
 
@@ -422,12 +472,14 @@ def test_run_folder_round_trips_through_export_evaluate_and_predict(finished_run
     root = Path(json.loads((run / "dataset.json").read_text())["root"])
     (images / "scene.png").write_bytes((root / "images" / f"{val_id}.png").read_bytes())
     masks = tmp_path / "masks"
-    assert load_script("predict").main([str(version.parent), str(images), "--out", str(masks)]) == 0
+    predict = load_repo_script("scripts/predict.py")
+    assert predict.main([str(version.parent), str(images), "--out", str(masks)]) == 0
     assert (masks / "scene_mask.png").is_file()
 
     # Without --network: the run's export_network (config.yaml), here edited to "student".
-    config = (run / "config.yaml").read_text().replace("export_network: best",
-                                                       "export_network: student")  # fmt: skip
+    config = (
+        (run / "config.yaml").read_text().replace("export_network: best", "export_network: student")
+    )
     edited = tmp_path / "edited_run"
     edited.mkdir()
     for name in ("dataset.json", "metrics.json", "student.keras"):
@@ -449,7 +501,8 @@ def test_truncated_backup_from_a_kill_is_set_aside_and_the_run_finishes(tmp_path
     (run / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
     (run / "log.csv").write_text("epoch,loss\n0,1.5\n")
     overrides = tiny_run(tmp_path, epochs=3, export=False, images_to_log=0)
-    assert load_script("train").main(overrides) == 0  # before: OSError on every rerun
+    train = load_repo_script("scripts/train.py")
+    assert train.main(overrides) == 0  # before: OSError on every rerun
     err = capsys.readouterr().err
     assert "latest.weights.h5 cannot be read" in err and "starts at epoch 1" in err
     assert [r["epoch"] for r in log_rows(run / "log.csv")] == ["0", "1", "2"]

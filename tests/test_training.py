@@ -16,9 +16,13 @@ SIZE = 32
 def make_trainer(seed=0, num_stages=2, **kwargs):
     keras.utils.set_random_seed(seed)
     student = build_segmenter(
-        NUM_CLASSES, "tiny", num_stages=num_stages, memory_length=4, backbone_weights=None,
+        NUM_CLASSES,
+        "tiny",
+        num_stages=num_stages,
+        memory_length=4,
+        backbone_weights=None,
         decoder_channels=16,
-    )  # fmt: skip
+    )
     kwargs.setdefault("total_steps", 20)
     kwargs.setdefault("backbone_lr_multiplier", 1.0)
     trainer = PPLTrainer(student, **kwargs)
@@ -27,7 +31,7 @@ def make_trainer(seed=0, num_stages=2, **kwargs):
 
 
 def square_batch(seed, batch=2, pad=0):
-    """Colour squares on gray: class 1 = red square, class 2 = blue square, 0 = background."""
+    """Color squares on gray: class 1 = red square, class 2 = blue square, 0 = background."""
     rng = np.random.default_rng(seed)
 
     def scenes(n):
@@ -213,9 +217,12 @@ def test_warmup_student_sees_the_labeled_images_alone():
     # after warm-up the unlabeled images are in the student's batch again
     step_warm(batches[0])
     step_supervised(batches[0])
-    # (the attention's psi and delta normalise prototypes, not images: those stay equal)
-    images_bn = [i for i, w in enumerate(warm.student.weights)
-                 if "moving_mean" in w.path and "attention" not in w.path]  # fmt: skip
+    # (the attention's psi and delta normalize prototypes, not images: those stay equal)
+    images_bn = [
+        i
+        for i, w in enumerate(warm.student.weights)
+        if "moving_mean" in w.path and "attention" not in w.path
+    ]
     assert images_bn
     for i in images_bn:
         a, b = warm.student.weights[i].numpy(), supervised.student.weights[i].numpy()
@@ -374,8 +381,9 @@ def test_mixed_bfloat16_step_keeps_float32_losses_and_weights():
             assert {w.dtype for w in trainer.student.weights} == {"float32"}
             assert {w.dtype for w in trainer.teacher.weights} == {"float32"}
             # the body computes in bfloat16; the final resize hands float32 logits to the losses
-            body = keras.Model(trainer.student.input,
-                               trainer.student.get_layer("upsample_logits").input[0])  # fmt: skip
+            body = keras.Model(
+                trainer.student.input, trainer.student.get_layer("upsample_logits").input[0]
+            )
             assert body(batch["labeled_images"]).dtype == tf.bfloat16
             assert trainer.student(batch["labeled_images"]).dtype == tf.float32
     names = ("loss", "loss_labeled", "loss_unlabeled_ce", "loss_contrast")
@@ -394,8 +402,14 @@ def test_adamw_decays_kernels_decoupled_and_not_bn_or_biases():
     trainers = {}
     for wd in (0.0, 0.5):
         keras.utils.set_random_seed(2)
-        student = build_segmenter(NUM_CLASSES, "tiny", num_stages=1, memory_length=2,
-                                  backbone_weights=None, decoder_channels=16)  # fmt: skip
+        student = build_segmenter(
+            NUM_CLASSES,
+            "tiny",
+            num_stages=1,
+            memory_length=2,
+            backbone_weights=None,
+            decoder_channels=16,
+        )
         trainer = PPLTrainer(student, total_steps=20, weight_decay=wd, backbone_lr_multiplier=1.0)
         trainer.compile(optimizer="adamw", base_lr=0.01)
         assert trainer._coupled_weight_decay == 0.0
@@ -404,9 +418,13 @@ def test_adamw_decays_kernels_decoupled_and_not_bn_or_biases():
         trainers[wd] = trainer
     lr = 0.01  # the poly schedule at step 0
     checked = {"kernel": 0, "other": 0}
-    for v0, v1, w, decays in zip(trainers[0.0].student.trainable_weights,
-                                 trainers[0.5].student.trainable_weights, before,
-                                 trainers[0.5]._decays, strict=True):  # fmt: skip
+    for v0, v1, w, decays in zip(
+        trainers[0.0].student.trainable_weights,
+        trainers[0.5].student.trainable_weights,
+        before,
+        trainers[0.5]._decays,
+        strict=True,
+    ):
         difference = v1.numpy() - v0.numpy()
         if decays:
             np.testing.assert_allclose(difference, -lr * 0.5 * w, rtol=1e-3, atol=1e-7)

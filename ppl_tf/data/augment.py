@@ -1,8 +1,8 @@
 """Paired image/mask augmentation in TensorFlow, reproducible from a seed.
 
 Weak view: random scale (0.5-2.0), random crop (labels padded with 255), horizontal flip; the
-image is resized bilinearly, the mask only ever by nearest neighbour. Strong view: the weak view
-plus colour jitter, grayscale and Gaussian blur: the same geometry, other colours. CutMix pastes
+image is resized bilinearly, the mask only ever by nearest neighbor. Strong view: the weak view
+plus color jitter, grayscale and Gaussian blur: the same geometry, other colors. CutMix pastes
 a box of the partner image (`cutmix_partner`: the previous image of the batch) into the strong
 view; the box travels with the batch so the trainer mixes the pseudo-labels identically.
 
@@ -109,7 +109,7 @@ def blur_sigma_range(crop_size):
 
 
 def strong_photometric(image, seed, p_jitter=0.8, p_gray=0.2, p_blur=0.5, blur_sigma=(0.1, 2.0)):
-    """The strong view's photometric part: colour jitter, grayscale, Gaussian blur (`blur_sigma`
+    """The strong view's photometric part: color jitter, grayscale, Gaussian blur (`blur_sigma`
     in pixels; see `blur_sigma_range`)."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
     image = tf.cond(

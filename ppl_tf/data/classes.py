@@ -1,5 +1,8 @@
 """Class names, palettes and label mappings of the supported datasets."""
 
+# The mask value of pixels that no loss or metric counts: VOC's object borders, Cityscapes'
+# unused classes, padding added by augmentation. Its one definition: losses, metrics and the
+# data pipeline import it from here.
 IGNORE_LABEL = 255
 
 VOC_CLASSES = (
@@ -10,7 +13,7 @@ VOC_CLASSES = (
 
 
 def voc_palette(num_colors=256):
-    """The standard PASCAL VOC colour map (bit-interleaved class index)."""
+    """The standard PASCAL VOC color map (bit-interleaved class index)."""
     palette = []
     for index in range(num_colors):
         r = g = b = 0
@@ -55,5 +58,5 @@ def cityscapes_lookup_table():
 
 
 def default_palette(num_classes):
-    """The VOC colour map, which is distinct for the first 256 classes."""
+    """The VOC color map, which is distinct for the first 256 classes."""
     return tuple(voc_palette(num_classes))

@@ -1,7 +1,7 @@
 """Reading images and masks from files, with errors that name the file and the problem.
 
 Images must be 8-bit RGB; masks one channel of class ids (8-bit grayscale, or a palette PNG read
-as palette indices, never as colours). `convert_images=True` accepts grayscale, RGBA and 16-bit
+as palette indices, never as colors). `convert_images=True` accepts grayscale, RGBA and 16-bit
 images and converts them to 8-bit RGB instead of refusing them.
 """
 

@@ -1,12 +1,12 @@
 """Digit scenes: the embedded default dataset, made from real handwritten digits.
 
 scikit-learn ships the UCI handwritten digits (1,797 images of 8x8 pixels, no download). Each
-scene pastes several of them, enlarged and coloured, on a cluttered background (colour
+scene pastes several of them, enlarged and colored, on a cluttered background (color
 gradients, rectangles, lines and noise). The per-pixel class is the digit (classes "0"-"9" as
 ids 1-10) or background (id 0). Train and val scenes draw their digits from disjoint pools of
-the 1,797 images, so val measures generalisation to unseen handwriting.
+the 1,797 images, so val measures generalization to unseen handwriting.
 
-`materialise()` writes the scenes once into a cache folder in the custom format
+`materialize()` writes the scenes once into a cache folder in the custom format
 (`ppl_tf.data.sources`), so they go through the same loader as a user's data.
 """
 
@@ -77,9 +77,7 @@ def _place(rng, boxes, side, size, tries=20):
     """A top-left corner for a `side` square that overlaps no box in `boxes`, or None."""
     for _ in range(tries):
         y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
-        if all(
-            y0 + side <= y or y + s <= y0 or x0 + side <= x or x + s <= x0 for y, x, s in boxes
-        ):
+        if all(y0 + side <= y or y + s <= y0 or x0 + side <= x or x + s <= x0 for y, x, s in boxes):
             return y0, x0
     return None
 
@@ -88,7 +86,7 @@ LUMA = np.array([0.299, 0.587, 0.114])  # the weights of the strong view's grays
 
 
 def _contrasting_color(rng, region, min_contrast, min_luma_contrast=0.0):
-    """A random colour at least `min_contrast` (RGB distance) and `min_luma_contrast`
+    """A random color at least `min_contrast` (RGB distance) and `min_luma_contrast`
     (luminance) away from the mean of `region`."""
     mean = region.reshape(-1, 3).mean(axis=0)
     for _ in range(50 if min_luma_contrast > 0 else 20):
@@ -144,13 +142,13 @@ def class_frequencies(masks_dir):
     return counts
 
 
-def materialise(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbose=True) -> Path:
+def materialize(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbose=True) -> Path:
     """Writes the scenes under `cache_dir` (once per config) and returns the dataset folder.
 
     The folder holds images/, masks/, classes.txt, palette.txt, splits/val.txt and stats.json
     (class pixel frequencies, pools, generation time). A folder written for the same config is
     reused as it is. The scenes are written into a private temporary folder that is renamed
-    into place at the end, so processes that materialise at the same time (the workers of a
+    into place at the end, so processes that materialize at the same time (the workers of a
     multi-worker run) never read a half-written dataset.
     """
     from ppl_tf.data.classes import default_palette

@@ -1,8 +1,8 @@
 """tf.data pipelines: the trainer's dict batches and evaluation batches.
 
-Trainer batches (DESIGN.md) are dicts of
+Trainer batches (what `PPLTrainer.train_step` takes) are dicts of
   labeled_images (B, S, S, 3) float32 in [0, 255], labeled_masks (B, S, S) int32,
-  unlabeled_weak and unlabeled_strong (B', S, S, 3) float32 (one geometry, two colourings),
+  unlabeled_weak and unlabeled_strong (B', S, S, 3) float32 (one geometry, two colorings),
   unlabeled_valid (B', S, S) bool, False on pixels added by padding (they get no pseudo-label),
   unlabeled_masks (B', S, S) int32 when every unlabeled image has a mask (metrics only),
   unlabeled_cutmix_box (B', S, S) bool when CutMix is on.
@@ -234,9 +234,15 @@ def semi_supervised_dataset(
         source, labeled, labeled_batch_size, augment, seed, convert_images, cache, skipped
     )
     unl = unlabeled_stream(
-        source, unlabeled, unlabeled_batch_size, augment, seed + 100, convert_images, cache,
+        source,
+        unlabeled,
+        unlabeled_batch_size,
+        augment,
+        seed + 100,
+        convert_images,
+        cache,
         skipped,
-    )  # fmt: skip
+    )
 
     def merge(lab_batch, unl_batch):
         images, masks = lab_batch

@@ -219,7 +219,7 @@ def _read_palette(path, num_classes):
             raise DataError(f"{path}:{number}: expected 'r g b' with values 0-255, got {line!r}")
         palette.append(rgb)
     if len(palette) < num_classes:
-        raise DataError(f"{path}: {len(palette)} colours for {num_classes} classes")
+        raise DataError(f"{path}: {len(palette)} colors for {num_classes} classes")
     return tuple(palette[:num_classes])
 
 

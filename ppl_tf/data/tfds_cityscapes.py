@@ -39,8 +39,7 @@ def _import_tfds():
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise DataError(
-            "dataset cityscapes_tfds needs tensorflow-datasets: pip install -e \".[tfds]\" "
-            f"({error})"
+            f'dataset cityscapes_tfds needs tensorflow-datasets: pip install -e ".[tfds]" ({error})'
         ) from None
     return tfds
 
@@ -150,7 +149,7 @@ class CityscapesRecords:
 
 
 def sample_id(split, image_id):
-    """"train/aachen/aachen_000000_000019", as the folder source names it."""
+    """The sample id as the folder source names it: "train/aachen/aachen_000000_000019"."""
     city = image_id.rsplit("_", 2)[0]
     return f"{split}/{city}/{image_id}"
 

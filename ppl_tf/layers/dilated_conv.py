@@ -21,13 +21,21 @@ def direct_dilated_gradients_supported(dtype="float32"):
         strides, dilations = [1, 1, 1, 1], [1, 2, 2, 1]
         try:
             tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=strides,
-                padding="VALID", dilations=dilations,
-            )  # fmt: skip
+                input_sizes=tf.shape(x),
+                filter=kernel,
+                out_backprop=dy,
+                strides=strides,
+                padding="VALID",
+                dilations=dilations,
+            )
             tf.raw_ops.Conv2DBackpropFilter(
-                input=x, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=strides,
-                padding="VALID", dilations=dilations,
-            )  # fmt: skip
+                input=x,
+                filter_sizes=tf.shape(kernel),
+                out_backprop=dy,
+                strides=strides,
+                padding="VALID",
+                dilations=dilations,
+            )
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             return False
     return True

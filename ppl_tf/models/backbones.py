@@ -1,18 +1,23 @@
 """Backbones of the segmenter: ResNet-50/101 from `keras.applications` and a tiny ResNet.
 
-A backbone is a `keras.Model` from a normalised image (B, H, W, 3) to two feature maps: the
+A backbone is a `keras.Model` from a normalized image (B, H, W, 3) to two feature maps: the
 stride-4 low-level features of the DeepLabv3+ decoder and the stride-16 (or 8) features of ASPP.
 """
 
 import keras
 
+from ppl_tf.choices import BACKBONES, OUTPUT_STRIDES
 from ppl_tf.layers import DilatedConv2D
 
-BN_MOMENTUM = 0.9  # PyTorch's 0.1: the paper's numbers come from it; see DESIGN.md.
+# BatchNorm as in PyTorch, with whose defaults the paper's networks (and the numbers it reports)
+# were trained. Keras' momentum is the weight of the old moving average, PyTorch's the weight of
+# the new batch: PyTorch's 0.1 is Keras' 0.9 (Keras' own default, 0.99, averages over about ten
+# times as many steps). The epsilon is PyTorch's 1e-5 (Keras' default: 1e-3).
+BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 # keras.applications ResNets were trained on BGR images minus this mean, without scaling. The
-# first convolution's kernel is flipped to take RGB, so the model normalises with RGB means.
+# first convolution's kernel is flipped to take RGB, so the model normalizes with RGB means.
 RESNET_MEAN_RGB = (123.68, 116.779, 103.939)
 RESNET_STD_RGB = (1.0, 1.0, 1.0)
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
@@ -22,10 +27,9 @@ _RESNETS = {
     "resnet50": keras.applications.ResNet50,
     "resnet101": keras.applications.ResNet101,
 }
-BACKBONES = ("resnet50", "resnet101", "tiny")
 
 
-def normalisation(backbone):
+def normalization(backbone):
     """(mean, std) per RGB channel that `backbone` expects of [0, 255] inputs."""
     if backbone in _RESNETS:
         return RESNET_MEAN_RGB, RESNET_STD_RGB
@@ -36,9 +40,10 @@ def build_backbone(name, output_stride=16, weights=None):
     """Returns (backbone model, low-level channels, high-level channels)."""
     if name not in BACKBONES:
         raise ValueError(f"`backbone` must be one of {BACKBONES}. Received: backbone={name!r}")
-    if output_stride not in (8, 16):
+    if output_stride not in OUTPUT_STRIDES:
         raise ValueError(
-            f"`output_stride` must be 8 or 16. Received: output_stride={output_stride!r}"
+            f"`output_stride` must be one of {OUTPUT_STRIDES}. "
+            f"Received: output_stride={output_stride!r}"
         )
     if name == "tiny":
         if weights is not None:

@@ -33,12 +33,12 @@ def decoder(high, low, channels=256, low_level_channels=48):
 def default_aspp_rates(output_stride):
     """DeepLabv3+'s rates: (6, 12, 18) at output stride 16, doubled at 8. They were chosen for
     crops of about 512 px (a 32x32 or 64x64 feature map); on a small map a rate larger than
-    the map leaves a dilated 3x3 branch with its centre tap only (a 1x1 convolution)."""
+    the map leaves a dilated 3x3 branch with its center tap only (a 1x1 convolution)."""
     return (6, 12, 18) if output_stride == 16 else (12, 24, 36)
 
 
 def encoder(images, backbone, output_stride, channels, low_level_channels, aspp_rates=None):
-    """Normalised images -> stride-4 features f (B, H/4, W/4, channels)."""
+    """Normalized images -> stride-4 features f (B, H/4, W/4, channels)."""
     low, high = backbone(images)
     rates = tuple(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
     return decoder(aspp(high, channels, rates), low, channels, low_level_channels)

@@ -4,7 +4,7 @@ import keras
 
 from ppl_tf.layers import Normalize, PPLStage, ResizeLike
 from ppl_tf.layers._validation import check_int
-from ppl_tf.models.backbones import build_backbone, normalisation
+from ppl_tf.models.backbones import build_backbone, normalization
 from ppl_tf.models.deeplabv3_plus import encoder
 
 _DEFAULT_CHANNELS = {"resnet50": (256, 48), "resnet101": (256, 48), "tiny": (64, 16)}
@@ -25,7 +25,7 @@ def build_segmenter(
     """Builds the PPL segmenter of Fig. 3 as a functional `keras.Model`.
 
     float32 RGB images (B, H, W, 3) in [0, 255], of any size -> final logits (B, H, W, K).
-    Normalisation happens inside the model. The encoder is DeepLabv3+ (backbone, ASPP,
+    Normalization happens inside the model. The encoder is DeepLabv3+ (backbone, ASPP,
     decoder); its stride-4 features pass through `num_stages` PPL stages, each with its own
     classifier and memory bank, and then one more "final" classifier. Logits are upsampled
     bilinearly to the input size.
@@ -37,7 +37,7 @@ def build_segmenter(
         memory_length: T, prototypes kept per class in every memory bank.
         output_stride: 16 or 8 (dilation in the last one or two ResNet stages).
         backbone_weights: "imagenet" (ResNets only; downloaded by Keras on first use), None
-            (random initialisation), or a path to a keras.applications weights file.
+            (random initialization), or a path to a keras.applications weights file.
         use_attention: the pulling interaction; False keeps the stages' classifiers and banks
             but leaves the features unrefined ("push only" in Table 3).
         decoder_channels: C of the features f. Defaults to 256 (ResNets) or 64 (tiny).
@@ -59,7 +59,7 @@ def build_segmenter(
     if decoder_channels is not None:
         check_int("decoder_channels", decoder_channels, minimum=2)
         channels = decoder_channels
-    mean, std = normalisation(backbone)
+    mean, std = normalization(backbone)
 
     images = keras.Input((None, None, 3), name="images")
     x = Normalize(mean, std, name="normalize")(images)

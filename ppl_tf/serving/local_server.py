@@ -1,157 +1,32 @@
-"""Clients for TF Serving (REST and gRPC) and small local servers that speak the same protocols.
+"""Local stand-ins for TF Serving: a SavedModel export served over TF Serving's REST and gRPC
+protocols, for tests and for trying an export on a machine without Docker.
 
-Clients (what an application uses against `tensorflow/serving`):
-
-- `RestClient("http://host:8501", "digits")`: TF Serving's v1 REST API,
-  `POST /v1/models/<name>[/versions/<v>]:predict` with `{"signature_name", "instances"}` rows;
-  encoded images go as `{"b64": ...}` to the `predict_image_bytes` signature.
-- `GrpcClient("host:8500", "digits")`: `tensorflow_serving.apis` PredictionService.Predict.
-
-Servers (for tests, and for trying an export without Docker; TF Serving itself is the production
-server): `RestServer` and `GrpcServer` run a SavedModel's signatures with the same request and
-response formats and the same kinds of errors (HTTP 400 with `{"error": ...}`, gRPC
-INVALID_ARGUMENT / NOT_FOUND), and keep serving after a bad request:
+What it is for: `RestServer` and `GrpcServer` run the export's signatures with TF Serving's
+request and response formats and its kinds of errors (HTTP 400 with `{"error": ...}`, gRPC
+INVALID_ARGUMENT / NOT_FOUND), and keep serving after a bad request, so that the clients of
+`ppl_tf.serving.client` and an application's own requests can be checked against an export
+without the TF Serving binary (which our CI machines cannot install):
 
     python -m ppl_tf.serving exported/digits --rest-port 8501 --grpc-port 8500
 
-`tensorflow-serving-api` is needed for gRPC only; install it with
-`pip install --no-deps tensorflow-serving-api` (its metadata asks for the full `tensorflow`).
+What it is not: a production server. It serves one model version, runs requests one at a time
+(a lock around the SavedModel), has no batching, model reloading, version policies,
+monitoring, TLS or authentication. Serve exports with TF Serving (`tensorflow/serving`, see
+README), which reads the same folders.
 """
 
 import argparse
 import base64
 import json
 import threading
-import urllib.error
-import urllib.request
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_SIGNATURE = "serving_default"
-BYTES_SIGNATURE = "predict_image_bytes"
-
-
-class ServingError(RuntimeError):
-    """A request the server refused, with the server's message."""
-
-
-def _tensorflow_serving():
-    try:
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-    except ImportError as error:
-        raise ImportError(
-            "gRPC needs tensorflow-serving-api: pip install --no-deps tensorflow-serving-api"
-        ) from error
-    return predict_pb2, prediction_service_pb2_grpc
-
-
-# ----------------------------------------------------------------------------------- clients
-
-
-class RestClient:
-    """TF Serving's v1 REST predict API."""
-
-    def __init__(self, base_url, model_name, version=None, timeout=60.0):
-        self.base_url = base_url.rstrip("/")
-        self.model_name = model_name
-        self.version = version
-        self.timeout = timeout
-
-    @property
-    def url(self):
-        version = f"/versions/{self.version}" if self.version is not None else ""
-        return f"{self.base_url}/v1/models/{self.model_name}{version}:predict"
-
-    def _post(self, body):
-        request = urllib.request.Request(
-            self.url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            text = error.read().decode(errors="replace")
-            try:
-                message = json.loads(text).get("error", text)
-            except json.JSONDecodeError:
-                message = text
-            raise ServingError(f"HTTP {error.code} from {self.url}: {message}") from None
-
-    @staticmethod
-    def _unpack(predictions):
-        if predictions and isinstance(predictions[0], dict):
-            class_ids = np.asarray([p["class_ids"] for p in predictions], np.int32)
-            probabilities = np.asarray([p["probabilities"] for p in predictions], np.float32)
-            return class_ids, probabilities
-        raise ServingError(f"unexpected predictions format: {str(predictions)[:200]}")
-
-    def predict(self, images, signature_name=DEFAULT_SIGNATURE):
-        """uint8 (B, H, W, 3) -> (class_ids (B, H, W), probabilities (B, H, W, K))."""
-        images = np.asarray(images)
-        body = {"signature_name": signature_name, "instances": images.tolist()}
-        return self._unpack(self._post(body)["predictions"])
-
-    def predict_bytes(self, encoded_images, signature_name=BYTES_SIGNATURE):
-        """Encoded JPEG/PNG images (bytes) of one size -> (class_ids, probabilities)."""
-        instances = [{"b64": base64.b64encode(data).decode("ascii")} for data in encoded_images]
-        body = {"signature_name": signature_name, "instances": instances}
-        return self._unpack(self._post(body)["predictions"])
-
-
-class GrpcClient:
-    """TF Serving's gRPC PredictionService."""
-
-    def __init__(self, target, model_name, version=None, timeout=60.0):
-        import grpc
-
-        self._grpc = grpc
-        self._predict_pb2, service = _tensorflow_serving()
-        self.target = target
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", 256 << 20),
-                ("grpc.max_receive_message_length", 256 << 20),
-            ],
-        )
-        self.stub = service.PredictionServiceStub(self.channel)
-        self.model_name = model_name
-        self.version = version
-        self.timeout = timeout
-
-    def _predict(self, signature_name, input_name, array):
-        import tensorflow as tf
-
-        request = self._predict_pb2.PredictRequest()
-        request.model_spec.name = self.model_name
-        request.model_spec.signature_name = signature_name
-        if self.version is not None:
-            request.model_spec.version.value = int(self.version)
-        request.inputs[input_name].CopyFrom(tf.make_tensor_proto(array))
-        try:
-            response = self.stub.Predict(request, timeout=self.timeout)
-        except self._grpc.RpcError as error:
-            raise ServingError(f"{error.code().name}: {error.details()}") from None
-        return (
-            tf.make_ndarray(response.outputs["class_ids"]),
-            tf.make_ndarray(response.outputs["probabilities"]),
-        )
-
-    def predict(self, images, signature_name=DEFAULT_SIGNATURE):
-        """uint8 (B, H, W, 3) -> (class_ids (B, H, W), probabilities (B, H, W, K))."""
-        return self._predict(signature_name, "images", np.asarray(images))
-
-    def predict_bytes(self, encoded_images, signature_name=BYTES_SIGNATURE):
-        return self._predict(signature_name, "image_bytes", np.asarray(encoded_images, object))
-
-    def close(self):
-        self.channel.close()
-
-
-# ----------------------------------------------------------------------------------- servers
+from ppl_tf.inference import DEFAULT_SIGNATURE, resolve_version
+from ppl_tf.serving.client import GRPC_OPTIONS, tensorflow_serving_protos
 
 
 def tf_error_message(error):
@@ -167,8 +42,6 @@ class SignatureRunner:
 
     def __init__(self, model_dir, model_name=None):
         import tensorflow as tf
-
-        from ppl_tf.inference import resolve_version
 
         self._tf = tf
         self.path = resolve_version(model_dir)
@@ -366,7 +239,7 @@ class GrpcServer:
         import grpc
         import tensorflow as tf
 
-        predict_pb2, service = _tensorflow_serving()
+        predict_pb2, service = tensorflow_serving_protos()
 
         class Servicer(service.PredictionServiceServicer):
             def Predict(self, request, context):  # noqa: N802 (the generated API's name)
@@ -392,11 +265,7 @@ class GrpcServer:
                 return response
 
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers),
-            options=[
-                ("grpc.max_send_message_length", 256 << 20),
-                ("grpc.max_receive_message_length", 256 << 20),
-            ],
+            futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS
         )
         service.add_PredictionServiceServicer_to_server(Servicer(), self.server)
         self.port = self.server.add_insecure_port(f"{host}:{port}")
@@ -411,7 +280,11 @@ class GrpcServer:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Serve an exported model like TF Serving does.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ppl_tf.serving",
+        description="Serve an exported model over TF Serving's REST and gRPC protocols, for "
+        "tests and local trials (TF Serving is the production server).",
+    )
     parser.add_argument("model", help="exported model folder (a version folder or its parent)")
     parser.add_argument("--name", help="model name in URLs (default: the folder's name)")
     parser.add_argument("--host", default="127.0.0.1")
