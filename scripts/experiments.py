@@ -302,7 +302,8 @@ def summarize(out, seeds):
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    plot_fig4(summary["fig4"], out / "fig4.png")
+    if any(curve["pseudo_miou"] for curve in summary["fig4"].values()):
+        plot_fig4(summary["fig4"], out / "fig4.png")  # nothing to draw before any run has a curve
     print("\n".join(lines))
     return summary
 
