@@ -1,13 +1,23 @@
-"""Inference latency and throughput: Keras model vs SavedModel vs ONNX Runtime, on this CPU.
+"""Inference latency and throughput: Keras model vs SavedModel vs ONNX Runtime (fp32 and int8).
 
     python benchmarks/inference.py                       # tiny and R50, 512x512, batch 1 and 8
     python benchmarks/inference.py --backbones tiny --size 128 --runs 3    # seconds
+    python benchmarks/inference.py --demo-export exported/digits   # + the demo's int8 mIoU loss
 
 For each backbone it builds the segmenter (K=21, n=2 PPL stages, random weights), exports it with
 `ppl_tf.export.export_model` into a temporary folder, and times `--runs` calls after `--warmup`
 untimed ones for each path and batch size. It also measures this CPU's fp32 matmul peak (a
 4096^3 tf.matmul) and, for R50, the share of that peak the SavedModel reaches, using the
 multiply-add count of benchmarks/cost.py. Writes results/inference.json and results/inference.md.
+
+The int8 path (`onnxruntime_int8`) is the export's `model_int8.onnx`, quantized as
+`export_model` does it. The random-weight models have no training images: they are calibrated on
+`--int8-calibration` random uint8 images of the benchmark's size, which sets the quantization
+ranges, not the amount of arithmetic. Each int8 row gets its speed-up over fp32 ONNX Runtime at
+the same batch. What int8 costs in accuracy needs a trained model: `--demo-export` names an
+export of the demo (scripts/train.py, or scripts/export.py --int8 on its run folder) that has
+`model_int8.onnx`; both ONNX files are then evaluated on the demo's validation set (the dataset
+of its metadata's config) and the mIoU of each and the points lost are written too.
 """
 
 import argparse
@@ -51,6 +61,38 @@ def matmul_peak(size=4096, runs=5):
     return size**3 / median
 
 
+def demo_miou(folder, batch_size=None, progress=False):
+    """mIoU of an export's model.onnx and model_int8.onnx on the validation set of the dataset
+    its metadata's config names (the split that training evaluated on), and the points lost."""
+    from ppl_tf.config import TrainConfig, dataset_source
+    from ppl_tf.data import eval_dataset, make_splits
+    from ppl_tf.evaluation import evaluate, onnx_predictor
+
+    predict_fp32, metadata = onnx_predictor(folder)
+    predict_int8, _ = onnx_predictor(folder, int8=True)
+    if not metadata.get("model_config"):
+        raise ValueError(f"{folder}: no model config in metadata.json, so no validation set")
+    config = TrainConfig(**metadata["model_config"])
+    source = dataset_source(config)
+    labeled = "1/1" if config.labeled == "all" else config.labeled
+    val_ids = make_splits(source, labeled, seed=config.seed).val
+    dataset = eval_dataset(source, val_ids, batch_size=batch_size or config.eval_batch_size)
+    scores = {
+        name: evaluate(predict, dataset, source.num_classes, progress=progress)["miou"]
+        for name, predict in (("fp32", predict_fp32), ("int8", predict_int8))
+    }
+    int8 = metadata.get("onnx_int8") or {}
+    return {
+        "export": str(folder),
+        "val_images": len(val_ids),
+        "fp32_miou": round(scores["fp32"], 5),
+        "int8_miou": round(scores["int8"], 5),
+        "lost_points": round(100 * (scores["fp32"] - scores["int8"]), 3),
+        "calibration_images": int8.get("calibration_images"),
+        "calibration_class_agreement": int8.get("calibration_class_agreement"),
+    }
+
+
 def main(argv=None):
     from ppl_tf.export import export_model
     from ppl_tf.inference import ExportedModel
@@ -63,6 +105,17 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--int8-calibration",
+        type=int,
+        default=8,
+        help="random calibration images for the int8 model of each random-weight backbone",
+    )
+    parser.add_argument(
+        "--demo-export",
+        help="an export of the demo with model_int8.onnx: also the fp32 and int8 mIoU on the "
+        "demo's validation set",
+    )
     args = parser.parse_args(argv)
 
     peak = matmul_peak()
@@ -71,10 +124,16 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for backbone in args.backbones:
             model = build_segmenter(21, backbone, num_stages=2, backbone_weights=None)
-            folder = export_model(model, Path(tmp) / backbone, verbose=False)
+            rng = np.random.default_rng(1)
+            shape = (args.int8_calibration, args.size, args.size, 3)
+            calibration = rng.integers(0, 256, shape, dtype=np.uint8)
+            folder = export_model(
+                model, Path(tmp) / backbone, verbose=False, int8_calibration=calibration
+            )
             keras_call = tf.function(lambda x, m=model: m(x, training=False))
             saved = ExportedModel(folder, backend="tensorflow")
             onnx = ExportedModel(folder, backend="onnxruntime")
+            onnx_int8 = ExportedModel(folder, backend="onnxruntime", int8=True)
             for batch in args.batches:
                 rng = np.random.default_rng(0)
                 images = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
@@ -83,6 +142,7 @@ def main(argv=None):
                     "keras": lambda f=floats, k=keras_call: k(f).numpy(),
                     "savedmodel": lambda i=images, m=saved: m.predict(i),
                     "onnxruntime": lambda i=images, m=onnx: m.predict(i),
+                    "onnxruntime_int8": lambda i=images, m=onnx_int8: m.predict(i),
                 }
                 for path, fn in paths.items():
                     median, low, high = timed(fn, args.runs, args.warmup)
@@ -108,7 +168,15 @@ def main(argv=None):
         if row["backbone"] == "resnet50" and row["size"] in macs:
             rate = macs[row["size"]] * row["batch"] / row["median_s"]
             row["share_of_peak"] = round(rate / peak, 3)
+    fp32_ort = {(r["backbone"], r["batch"]): r for r in rows if r["path"] == "onnxruntime"}
+    for row in rows:
+        if row["path"] == "onnxruntime_int8":
+            fp32 = fp32_ort[(row["backbone"], row["batch"])]
+            row["speedup_vs_fp32_onnxruntime"] = round(fp32["median_s"] / row["median_s"], 3)
     result = {"matmul_peak_macs_per_s": peak, "rows": rows, "command": " ".join(sys.argv)}
+    if args.demo_export:
+        result["demo_int8"] = demo_miou(args.demo_export)
+        print(json.dumps(result["demo_int8"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "inference.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -124,6 +192,31 @@ def main(argv=None):
             f"| {r['backbone']} | {r['path']} | {r['batch']} | {r['median_s']:.3f} | "
             f"{r['images_per_s']:.2f} | {share} |"
         )
+    lines += [
+        "",
+        "int8 ONNX Runtime (model_int8.onnx) vs fp32 ONNX Runtime (model.onnx), same run:",
+        "",
+        "| backbone | batch | fp32 images/s | int8 images/s | int8 speed-up |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if r["path"] == "onnxruntime_int8":
+            fp32 = fp32_ort[(r["backbone"], r["batch"])]
+            lines.append(
+                f"| {r['backbone']} | {r['batch']} | {fp32['images_per_s']:.2f} | "
+                f"{r['images_per_s']:.2f} | {r['speedup_vs_fp32_onnxruntime']:.2f}x |"
+            )
+    if "demo_int8" in result:
+        demo = result["demo_int8"]
+        lines += [
+            "",
+            f"Demo export {demo['export']} on its {demo['val_images']} validation images:",
+            "",
+            "| fp32 ONNX mIoU | int8 ONNX mIoU | points lost |",
+            "| --- | --- | --- |",
+            f"| {100 * demo['fp32_miou']:.2f} | {100 * demo['int8_miou']:.2f} | "
+            f"{demo['lost_points']:.2f} |",
+        ]
     (out / "inference.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result

@@ -123,6 +123,10 @@ class TrainConfig:
     export_network: str = "best"  # best | teacher | student
     export_dir: str = "exported"
     export_name: str | None = None  # default: the run folder's name
+    # also write model_int8.onnx: model.onnx statically quantized with ONNX Runtime, calibrated
+    # on this many training images (labeled + unlabeled) as crop_size crops
+    export_int8: bool = False
+    export_int8_calibration: int = 64
     images_to_log: int = 4  # prediction/pseudo-label images per epoch in TensorBoard
 
     def __post_init__(self):
@@ -139,7 +143,14 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: must be one of {allowed}, got {getattr(self, key)!r}")
-        positive = ("batch_size", "epochs", "crop_size", "eval_batch_size", "memory_length")
+        positive = (
+            "batch_size",
+            "epochs",
+            "crop_size",
+            "eval_batch_size",
+            "memory_length",
+            "export_int8_calibration",
+        )
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")

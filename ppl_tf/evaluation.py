@@ -51,6 +51,20 @@ def saved_model_predictor(path):
     return run, metadata
 
 
+def onnx_predictor(path, int8=False):
+    """(probabilities function, metadata) of an export's model.onnx (`int8`: model_int8.onnx)
+    in ONNX Runtime."""
+    from ppl_tf.inference import ExportedModel
+
+    model = ExportedModel(path, backend="onnxruntime", int8=int8)
+
+    def run(images):
+        images = np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
+        return model.predict(images)[1]
+
+    return run, model.metadata
+
+
 def _window_starts(size, crop, stride):
     if size <= crop:
         return [0]

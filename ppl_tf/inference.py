@@ -6,6 +6,7 @@ runs wherever the export is copied.
 
 >>> model = ExportedModel("exported/digits")               # the newest version, ONNX Runtime
 >>> class_ids, probabilities = model.predict(images_uint8)  # (B, H, W), (B, H, W, K)
+>>> int8 = ExportedModel("exported/digits", int8=True)     # model_int8.onnx (export --int8)
 """
 
 import json
@@ -25,6 +26,7 @@ CLASS_IDS = "class_ids"
 PROBABILITIES = "probabilities"
 OUTPUT_NAMES = (CLASS_IDS, PROBABILITIES)
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model_int8.onnx"  # written beside ONNX_FILE when an int8 export is asked for
 METADATA_FILE = "metadata.json"
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -70,21 +72,36 @@ def check_batch(images):
 
 
 class ExportedModel:
-    """An exported version folder, run with `backend` ("onnxruntime" or "tensorflow")."""
+    """An exported version folder, run with `backend` ("onnxruntime" or "tensorflow").
 
-    def __init__(self, path, backend="onnxruntime", threads=None):
+    `int8=True` runs the statically quantized `model_int8.onnx` (ONNX Runtime only) instead of
+    `model.onnx`; it has the same inputs and outputs.
+    """
+
+    def __init__(self, path, backend="onnxruntime", threads=None, int8=False):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if int8 and backend != "onnxruntime":
+            raise ValueError(
+                f"the int8 model ({INT8_ONNX_FILE}) runs in ONNX Runtime; got backend {backend!r}"
+            )
         self.path = resolve_version(path)
         metadata_file = self.path / METADATA_FILE
         self.metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
         self.backend = backend
+        self.int8 = bool(int8)
         if backend == "onnxruntime":
             import onnxruntime as ort
 
-            onnx_file = self.path / ONNX_FILE
+            onnx_file = self.path / (INT8_ONNX_FILE if int8 else ONNX_FILE)
+            if int8 and not onnx_file.is_file():
+                raise FileNotFoundError(
+                    f"{onnx_file}: missing; this export has no int8 model (export one with "
+                    "scripts/export.py --int8, or use model.onnx without int8)"
+                )
             if not onnx_file.is_file():
                 raise FileNotFoundError(f"{onnx_file}: missing; export with ONNX or use TensorFlow")
+            self.model_file = onnx_file
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
@@ -96,6 +113,7 @@ class ExportedModel:
             import tensorflow as tf
 
             self._tf = tf
+            self.model_file = self.path / SAVED_MODEL_FILE
             self._loaded = tf.saved_model.load(str(self.path))
             self._signature = self._loaded.signatures[DEFAULT_SIGNATURE]
 

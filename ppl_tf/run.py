@@ -115,7 +115,7 @@ def train(config, cpu_replicas=None, data_hint=None):
     if (out / "log.csv").is_file():
         plot_curves(out / "log.csv", out / "curves.png")
     if config.export:
-        export_better_network(config, trainer, source, metrics, precision=policy)
+        export_better_network(config, trainer, source, metrics, precision=policy, splits=splits)
     return metrics
 
 
@@ -355,10 +355,12 @@ def evaluate_and_save(config, trainer, source, val_data, out, train_seconds, ski
     return metrics
 
 
-def export_better_network(config, trainer, source, metrics, precision="float32"):
+def export_better_network(config, trainer, source, metrics, precision="float32", splits=None):
     """Exports the network `config.export_network` names (best: higher validation mIoU) to
-    `export_dir/<export_name or the run folder's name>/<next version>/`, in float32."""
-    from ppl_tf.export import choose_network, export_model
+    `export_dir/<export_name or the run folder's name>/<next version>/`, in float32; with
+    `config.export_int8` also its int8 ONNX model, calibrated on the run's training images
+    (`splits`, else the lists in the run folder's splits/)."""
+    from ppl_tf.export import choose_network, export_model, training_calibration
 
     out = Path(config.out)
     scores = {n: metrics[f"{n}_miou"] for n in NETWORKS}
@@ -369,6 +371,10 @@ def export_better_network(config, trainer, source, metrics, precision="float32")
         twin = segmenter_from_config(config, source.num_classes, pretrained=False)
         twin.set_weights(model.get_weights())
         model = twin
+    calibration = None
+    if config.export_int8:
+        ids = None if splits is None else splits.labeled + splits.unlabeled
+        calibration = training_calibration(config, source, ids, split_dir=out / "splits")
     target = export_model(
         model,
         Path(config.export_dir) / (config.export_name or out.resolve().name),
@@ -379,6 +385,7 @@ def export_better_network(config, trainer, source, metrics, precision="float32")
         network=network,
         network_choice=config.export_network,
         validation_miou=scores,
+        int8_calibration=calibration,
     )
     print(
         f"exported the {network} (export_network={config.export_network}; val mIoU teacher "

@@ -3,6 +3,7 @@
     python scripts/export.py runs/demo          # the run's choice -> exported/demo/<version>/
     python scripts/export.py runs/demo --network student --name digits --version 3
     python scripts/export.py path/to/teacher.keras --name mymodel
+    python scripts/export.py runs/demo --int8   # also model_int8.onnx, for CPU serving
 
 A run folder is what scripts/train.py writes: `teacher.keras` / `student.keras` (the best
 checkpoint by teacher mIoU), `config.yaml`, `dataset.json` (class names and palette) and
@@ -11,6 +12,12 @@ checkpoint by teacher mIoU), `config.yaml`, `dataset.json` (class names and pale
 gets `saved_model.pb` + `variables/`, `model.onnx` (checked in ONNX Runtime) and
 `metadata.json` (with the run's config, so that scripts/evaluate.py finds the dataset). An
 existing version is never overwritten.
+
+`--int8` (default: the run's `export_int8`, unless --no-onnx) also writes `model_int8.onnx`:
+model.onnx statically quantized with ONNX Runtime's tools, calibrated on `--int8-calibration`
+(default: the run's `export_int8_calibration`, 64) of the run's training images (labeled +
+unlabeled, from its splits/) as `crop_size` crops. It needs a run folder (for the training
+images) and ONNX. `scripts/predict.py --int8` runs it.
 """
 
 import argparse
@@ -38,6 +45,18 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="exported", help="root of TF Serving's model folders")
     parser.add_argument("--version", type=int, help="version number (default: next free)")
     parser.add_argument("--no-onnx", action="store_true", help="SavedModel only")
+    parser.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        help="also write model_int8.onnx, calibrated on the run's training images (default: the "
+        "run's export_int8)",
+    )
+    parser.add_argument(
+        "--int8-calibration",
+        type=int,
+        metavar="N",
+        help="calibration images for --int8 (default: the run's export_int8_calibration)",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,7 +65,7 @@ def load_json(path):
 
 
 def run_choice(run, network):
-    """(network, choice, {network: validation mIoU} or None, config dict) of a run folder."""
+    """(network, choice, {network: validation mIoU} or None, TrainConfig) of a run folder."""
     from ppl_tf.choices import NETWORKS
     from ppl_tf.config import load_config
     from ppl_tf.export import choose_network
@@ -63,30 +82,62 @@ def run_choice(run, network):
             f"{run / 'metrics.json'}: not found, so the better network is unknown (did the run "
             "finish?); pass --network teacher or --network student"
         )
-    return choose_network(choice, scores), choice, scores, config.to_dict()
+    return choose_network(choice, scores), choice, scores, config
 
 
-def export_run(source, network=None, name=None, out="exported", version=None, onnx=True):
-    """Loads the model of `source` and exports it; returns the version folder."""
+def export_run(
+    source,
+    network=None,
+    name=None,
+    out="exported",
+    version=None,
+    onnx=True,
+    int8=None,
+    int8_calibration=None,
+):
+    """Loads the model of `source` and exports it; returns the version folder.
+
+    `int8` None follows the run's `export_int8`; `int8_calibration` None its
+    `export_int8_calibration`.
+    """
+    import dataclasses
+
     import keras
 
     import ppl_tf.layers  # noqa: F401  (registers the custom layers for loading)
-    from ppl_tf.export import export_model
+    from ppl_tf.export import export_model, training_calibration
 
     source = Path(source)
+    if int8_calibration is not None and int8_calibration < 1:
+        raise ValueError(f"--int8-calibration must be at least 1, got {int8_calibration}")
     if source.is_dir():
         run = source
         network, choice, scores, config = run_choice(run, network)
         model_file = run / f"{network}.keras"
         if not model_file.is_file():
             raise FileNotFoundError(f"{model_file}: no {network} model in this run folder")
+        int8 = (config.export_int8 and onnx) if int8 is None else int8
     elif source.is_file() and source.suffix == ".keras":
         if network == "best":
             raise ValueError(f"{source}: --network best needs a run folder, not a model file")
+        if int8:
+            raise ValueError(
+                f"{source}: --int8 calibrates on the run's training images, so it needs a run "
+                "folder, not a model file"
+            )
         run, model_file, config, scores = None, source, None, None
         network = choice = network or "teacher"
     else:
         raise FileNotFoundError(f"{source}: expected a run folder or a .keras file")
+    if int8 and not onnx:
+        raise ValueError(
+            "the int8 model is quantized from model.onnx: --int8 cannot go with --no-onnx"
+        )
+    calibration = None
+    if int8:
+        if int8_calibration is not None:
+            config = dataclasses.replace(config, export_int8_calibration=int8_calibration)
+        calibration = training_calibration(config, split_dir=run / "splits")
     try:
         model = keras.saving.load_model(model_file, compile=False)
     except Exception as error:  # Keras raises several types for unreadable archives
@@ -99,12 +150,13 @@ def export_run(source, network=None, name=None, out="exported", version=None, on
         version=version,
         class_names=dataset and dataset.get("class_names"),
         palette=dataset and dataset.get("palette"),
-        model_config=config,
+        model_config=config and config.to_dict(),
         source_checkpoint=model_file,
         network=network,
         onnx=onnx,
         network_choice=choice,
         validation_miou=scores,
+        int8_calibration=calibration,
     )
 
 
@@ -112,7 +164,14 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         target = export_run(
-            args.source, args.network, args.name, args.out, args.version, not args.no_onnx
+            args.source,
+            args.network,
+            args.name,
+            args.out,
+            args.version,
+            not args.no_onnx,
+            args.int8,
+            args.int8_calibration,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"export.py: {error}", file=sys.stderr)

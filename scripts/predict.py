@@ -2,11 +2,12 @@
 
     python scripts/predict.py exported/digits photos/ --out predictions/
     python scripts/predict.py exported/digits/1 a.jpg b.png --backend tensorflow --batch-size 8
+    python scripts/predict.py exported/digits photos/ --int8    # model_int8.onnx (export --int8)
 
 Needs only the exported folder (see scripts/export.py), NumPy, Pillow and onnxruntime (default)
 or tensorflow; not the project's model code. For every input `x.jpg` it writes `x_mask.png` (a
 palette PNG whose pixel values are class ids) and `x_overlay.png`. Images of the same size are
-batched together.
+batched together. `--int8` runs the export's int8 model, `model_int8.onnx`, in ONNX Runtime.
 """
 
 import argparse
@@ -38,6 +39,11 @@ def parse_args(argv=None):
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="run model_int8.onnx (written by scripts/export.py --int8) in ONNX Runtime",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip-bad", action="store_true", help="list unreadable images, go on")
     return parser.parse_args(argv)
@@ -54,7 +60,7 @@ def main(argv=None):
         return 2
     try:
         files = list_images(args.inputs)
-        model = ExportedModel(args.model, backend=args.backend)
+        model = ExportedModel(args.model, backend=args.backend, int8=args.int8)
     except (FileNotFoundError, ValueError) as error:
         print(f"predict.py: {error}", file=sys.stderr)
         return 2
@@ -92,7 +98,10 @@ def main(argv=None):
                 )
                 written += 1
             progress.update(len(paths))
-    print(f"predict.py: {written} images segmented into {out} with {model.backend} ({model.path})")
+    print(
+        f"predict.py: {written} images segmented into {out} with {model.backend} "
+        f"({model.model_file})"
+    )
     if bad:
         print(f"predict.py: skipped {len(bad)} unreadable images:", file=sys.stderr)
         for line in bad:

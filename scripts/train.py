@@ -16,7 +16,8 @@ interruption to resume), predictions/ (a PNG per epoch), predictions.png, curves
 pseudo_labels.csv/.png (per epoch and class: pseudo-label share beside the labeled share),
 teacher.keras, student.keras, dataset.json and metrics.json; then the network that
 `export_network` names (default: the one of higher validation mIoU) is exported to
-`export_dir/<export_name>/<version>/` (SavedModel + ONNX).
+`export_dir/<export_name>/<version>/` (SavedModel + ONNX, and model_int8.onnx with
+`export_int8: true`).
 
 Before any data is read the config is checked as a whole (exit 2 naming the keys); before
 training, the labeled and val files are decoded and any bad one stops the run (exit 2, each

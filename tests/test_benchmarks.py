@@ -61,13 +61,31 @@ def test_inference_benchmark_quick_mode(tmp_path):
         "1",
         "--warmup",
         "1",
+        "--int8-calibration",
+        "2",
         "--out",
         str(tmp_path),
     ]
     result = load("inference").main(argv)
-    assert {r["path"] for r in result["rows"]} == {"keras", "savedmodel", "onnxruntime"}
+    paths = {r["path"] for r in result["rows"]}
+    assert paths == {"keras", "savedmodel", "onnxruntime", "onnxruntime_int8"}
     assert result["matmul_peak_macs_per_s"] > 1e9
-    assert (tmp_path / "inference.md").is_file()
+    int8 = [r for r in result["rows"] if r["path"] == "onnxruntime_int8"]
+    assert len(int8) == 1 and int8[0]["speedup_vs_fp32_onnxruntime"] > 0
+    assert "demo_int8" not in result
+    assert "| tiny | 1 |" in (tmp_path / "inference.md").read_text()
+
+
+def test_inference_benchmark_int8_miou_on_the_demo_validation_set(tiny_int8_export, tmp_path):
+    _, folder = tiny_int8_export
+    demo = load("inference").demo_miou(folder)
+    evaluate = load_repo_script("scripts/evaluate.py")
+    assert evaluate.main([str(folder), "--json", str(tmp_path / "eval.json")]) == 0
+    saved_model_miou = json.loads((tmp_path / "eval.json").read_text())["miou"]
+    assert demo["val_images"] == 200 and demo["calibration_images"] == 6
+    assert demo["fp32_miou"] == pytest.approx(saved_model_miou, abs=1e-3)
+    lost = 100 * (demo["fp32_miou"] - demo["int8_miou"])
+    assert 0 < demo["int8_miou"] < 1 and demo["lost_points"] == pytest.approx(lost, abs=2e-3)
 
 
 def test_pipeline_benchmark_quick_mode(tmp_path):
