@@ -30,6 +30,23 @@ def random_images(shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
 
 
+def predict_in_fresh_process(args, cwd):
+    """Runs scripts/predict.py with `args` in a new Python process that then prints which of
+    keras, tensorflow and ppl_tf.* it loaded ("MODULES [...]")."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['predict.py', *{args!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'scripts' / 'predict.py')!r}, run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 0, stop.code\n"
+        "names = ('keras', 'tensorflow')\n"
+        "loaded = sorted(m for m in sys.modules if m in names or m.startswith('ppl_tf.'))\n"
+        "print('MODULES', loaded)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+
+
 @pytest.mark.parametrize("shape", SIZES, ids=lambda s: "x".join(map(str, s)))
 def test_keras_savedmodel_and_onnx_agree(tiny_export, shape):
     model, folder = tiny_export
@@ -148,20 +165,18 @@ def test_predict_script_in_a_fresh_process_without_model_code(tiny_export, tmp_p
             Image.fromarray(image).save(inputs / f"{name}.png")
     for backend in ("onnxruntime", "tensorflow"):
         out = tmp_path / backend
-        code = (
-            "import runpy, sys\n"
-            f"sys.argv = ['predict.py', {str(folder.parent)!r}, {str(inputs)!r}, '--out', "
-            f"{str(out)!r}, '--backend', {backend!r}, '--batch-size', '2']\n"
-            "try:\n"
-            f"    runpy.run_path({str(ROOT / 'scripts' / 'predict.py')!r}, run_name='__main__')\n"
-            "except SystemExit as stop:\n"
-            "    assert stop.code == 0, stop.code\n"
-            "names = ('keras', 'tensorflow')\n"
-            "loaded = sorted(m for m in sys.modules if m in names or m.startswith('ppl_tf.'))\n"
-            "print('MODULES', loaded)\n"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+        result = predict_in_fresh_process(
+            [
+                str(folder.parent),
+                str(inputs),
+                "--out",
+                str(out),
+                "--backend",
+                backend,
+                "--batch-size",
+                "2",
+            ],
+            tmp_path,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         # Only the inference module of the package; ONNX Runtime needs no TensorFlow at all.
@@ -265,20 +280,8 @@ def test_predict_script_int8_in_a_fresh_process_without_tensorflow(tiny_int8_exp
     for name, image in images.items():
         Image.fromarray(image).save(inputs / f"{name}.png")
     out = tmp_path / "out"
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = ['predict.py', {str(folder)!r}, {str(inputs)!r}, '--out', {str(out)!r}, "
-        "'--int8']\n"
-        "try:\n"
-        f"    runpy.run_path({str(ROOT / 'scripts' / 'predict.py')!r}, run_name='__main__')\n"
-        "except SystemExit as stop:\n"
-        "    assert stop.code == 0, stop.code\n"
-        "names = ('keras', 'tensorflow')\n"
-        "loaded = sorted(m for m in sys.modules if m in names or m.startswith('ppl_tf.'))\n"
-        "print('MODULES', loaded)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    result = predict_in_fresh_process(
+        [str(folder), str(inputs), "--out", str(out), "--int8"], tmp_path
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MODULES ['ppl_tf.inference']" in result.stdout, result.stdout
