@@ -87,6 +87,8 @@ class TrainConfig:
     num_stages: int = 2
     memory_length: int = 10
     use_attention: bool = True  # pulling
+    # initial BatchNorm scale of the attention's output block g (Eq. 3); 1.0 = the old default
+    attention_output_gamma: float = 0.1
     # method
     use_push: bool = True  # pushing (Eq. 1)
     use_unlabeled: bool = True  # False: supervised only
@@ -190,6 +192,10 @@ class TrainConfig:
             len(self.aspp_rates) != 3 or len(set(self.aspp_rates)) != 3 or min(self.aspp_rates) < 1
         ):
             raise ConfigError(f"aspp_rates: need three different rates >= 1, got {self.aspp_rates}")
+        if not self.attention_output_gamma > 0:
+            raise ConfigError(
+                f"attention_output_gamma: need a value > 0, got {self.attention_output_gamma}"
+            )
         if self.optimizer != "sgd" and self.backbone_lr_multiplier != 1:
             raise ConfigError(
                 f"optimizer={self.optimizer!r} with backbone_lr_multiplier="

@@ -238,6 +238,7 @@ def segmenter_from_config(config, num_classes, pretrained=True):
         backbone_weights=config.backbone_weights if pretrained else None,
         use_attention=config.use_attention,
         aspp_rates=config.aspp_rates,
+        attention_output_gamma=config.attention_output_gamma,
     )
 
 

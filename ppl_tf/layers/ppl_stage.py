@@ -25,6 +25,8 @@ class PPLStage(keras.layers.Layer):
         use_attention: the pulling interaction; with `False` the features pass through
             unchanged (the "push only" ablation of Table 3). Defaults to `True`.
         bn_momentum: BatchNormalization momentum of the attention blocks. Defaults to 0.9.
+        attention_output_gamma: initial BatchNormalization scale of the attention's output
+            block g (`PrototypeAttention`'s `output_gamma`). Defaults to 0.1.
 
     Call arguments:
         features: (B, H, W, C) features: the input of this stage's classifier.
@@ -41,6 +43,7 @@ class PPLStage(keras.layers.Layer):
         key_channels=128,
         use_attention=True,
         bn_momentum=0.9,
+        attention_output_gamma=0.1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -52,11 +55,17 @@ class PPLStage(keras.layers.Layer):
         self.key_channels = key_channels
         self.use_attention = use_attention
         self.bn_momentum = bn_momentum
+        self.attention_output_gamma = float(attention_output_gamma)
 
         # === Layers ===
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
         self.attention = (
-            PrototypeAttention(key_channels, bn_momentum=bn_momentum, name="attention")
+            PrototypeAttention(
+                key_channels,
+                bn_momentum=bn_momentum,
+                output_gamma=attention_output_gamma,
+                name="attention",
+            )
             if use_attention
             else None
         )
@@ -105,5 +114,6 @@ class PPLStage(keras.layers.Layer):
             "key_channels": self.key_channels,
             "use_attention": self.use_attention,
             "bn_momentum": self.bn_momentum,
+            "attention_output_gamma": self.attention_output_gamma,
         }
         return {**base_config, **config}

@@ -17,9 +17,10 @@ class ProjectionBlock(keras.layers.Layer):
         depth: number of [linear + BN + ReLU] units. Defaults to 1.
         bn_momentum: BatchNormalization momentum. Defaults to 0.9 (PyTorch's 0.1).
         bn_epsilon: BatchNormalization epsilon. Defaults to 1e-5.
+        gamma_init: initial BatchNormalization scale of every unit. Defaults to 1.0.
     """
 
-    def __init__(self, units, depth=1, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs):
+    def __init__(self, units, depth=1, bn_momentum=0.9, bn_epsilon=1e-5, gamma_init=1.0, **kwargs):
         super().__init__(**kwargs)
         check_int("units", units, minimum=1)
         check_int("depth", depth, minimum=1)
@@ -27,13 +28,17 @@ class ProjectionBlock(keras.layers.Layer):
         self.depth = depth
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.gamma_init = float(gamma_init)
         self.dense_layers = []
         self.norm_layers = []
         for i in range(depth):
             self.dense_layers.append(keras.layers.Dense(units, use_bias=False, name=f"linear_{i}"))
             self.norm_layers.append(
                 keras.layers.BatchNormalization(
-                    momentum=bn_momentum, epsilon=bn_epsilon, name=f"bn_{i}"
+                    momentum=bn_momentum,
+                    epsilon=bn_epsilon,
+                    gamma_initializer=keras.initializers.Constant(self.gamma_init),
+                    name=f"bn_{i}",
                 )
             )
 
@@ -60,5 +65,6 @@ class ProjectionBlock(keras.layers.Layer):
             "depth": self.depth,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "gamma_init": self.gamma_init,
         }
         return {**base_config, **config}

@@ -17,9 +17,19 @@ class PrototypeAttention(keras.layers.Layer):
     rho and psi are two [1x1 conv + BN + ReLU] units each, delta and g one. The scores are
     not scaled by 1/sqrt(D): the paper's Eq. 2 has no scale.
 
+    g's BatchNorm scale starts at `output_gamma` (0.1), not 1: the paper leaves g's
+    initialization open, and with a unit scale g(.) starts as large as f while it only
+    carries the attention over still-random prototypes. Trained from scratch, that noise made
+    up half of every stage's output and slowed supervised learning (two stages on the digit
+    scenes: 28.9 teacher mIoU after 18 epochs against 39.9 with 0.1 and 46.5 without stages,
+    seed 0). Starting small, f' begins near f / 2 and g grows as it becomes useful; the scale
+    cannot start at 0 because the ReLU after it would pass no gradient.
+
     Args:
         key_channels: D, the width of rho, psi and delta (the paper's networks use C / 2).
         bn_momentum: BatchNormalization momentum of the sub-blocks. Defaults to 0.9.
+        output_gamma: initial BatchNormalization scale of g. Defaults to 0.1 (1.0 was the
+            default before; both are Eq. 3).
 
     Call arguments:
         features: (B, H, W, C) float tensor (any rank >= 2 with channels last works).
@@ -34,11 +44,14 @@ class PrototypeAttention(keras.layers.Layer):
     >>> refined = attention(keras.ops.ones((2, 8, 8, 16)), keras.ops.ones((3, 5, 16)))
     """
 
-    def __init__(self, key_channels, bn_momentum=0.9, **kwargs):
+    def __init__(self, key_channels, bn_momentum=0.9, output_gamma=0.1, **kwargs):
         super().__init__(**kwargs)
         check_int("key_channels", key_channels, minimum=1)
+        if not output_gamma > 0:
+            raise ValueError(f"`output_gamma` must be > 0. Received: output_gamma={output_gamma}")
         self.key_channels = key_channels
         self.bn_momentum = bn_momentum
+        self.output_gamma = float(output_gamma)
 
         # === Layers ===
         self.rho = ProjectionBlock(key_channels, depth=2, bn_momentum=bn_momentum, name="rho")
@@ -51,7 +64,13 @@ class PrototypeAttention(keras.layers.Layer):
         self.rho.build(tuple(features_shape))
         self.psi.build((None, channels))
         self.delta.build((None, channels))
-        self.g = ProjectionBlock(channels, depth=1, bn_momentum=self.bn_momentum, name="g")
+        self.g = ProjectionBlock(
+            channels,
+            depth=1,
+            bn_momentum=self.bn_momentum,
+            gamma_init=self.output_gamma,
+            name="g",
+        )
         self.g.build(tuple(features_shape)[:-1] + (self.key_channels,))
 
     def _flat_prototypes(self, prototypes):
@@ -76,7 +95,11 @@ class PrototypeAttention(keras.layers.Layer):
 
     def get_config(self):
         base_config = super().get_config()
-        config = {"key_channels": self.key_channels, "bn_momentum": self.bn_momentum}
+        config = {
+            "key_channels": self.key_channels,
+            "bn_momentum": self.bn_momentum,
+            "output_gamma": self.output_gamma,
+        }
         return {**base_config, **config}
 
 

@@ -20,6 +20,7 @@ def build_segmenter(
     use_attention=True,
     decoder_channels=None,
     aspp_rates=None,
+    attention_output_gamma=0.1,
     name=None,
 ):
     """Builds the PPL segmenter of Fig. 3 as a functional `keras.Model`.
@@ -44,6 +45,8 @@ def build_segmenter(
         aspp_rates: the three dilation rates of ASPP. Defaults to DeepLabv3+'s (6, 12, 18)
             at output stride 16 and (12, 24, 36) at 8, made for ~512-px crops; small crops
             need smaller rates (`default_aspp_rates`).
+        attention_output_gamma: initial BatchNormalization scale of every stage's attention
+            output block g (see `PrototypeAttention`). Defaults to 0.1.
         name: model name. Defaults to "ppl_<backbone>_n<num_stages>".
 
     Example:
@@ -77,6 +80,7 @@ def build_segmenter(
             memory_length=memory_length,
             key_channels=channels // 2,
             use_attention=use_attention,
+            attention_output_gamma=attention_output_gamma,
             name=f"ppl_stage_{i}",
         )(features)
     logits = keras.layers.Dense(num_classes, name="final_classifier")(features)
