@@ -88,3 +88,29 @@ def test_bad_arguments():
         layer(np.zeros((1, 2, 2, 8), "float32"), np.zeros((3, 2, 6), "float32"))
     with pytest.raises(ValueError, match=r"`prototypes` must have rank 3.*\(6, 8\)"):
         PrototypeAttention(4)(np.zeros((1, 2, 2, 8), "float32"), np.zeros((6, 8), "float32"))
+
+
+@pytest.mark.parametrize("output_gamma", [0.1, 1.0])
+def test_g_starts_with_the_given_batchnorm_scale_and_the_others_with_one(output_gamma, rng):
+    """g's scale sets how large g(.) starts against f in Eq. 3; rho, psi and delta keep 1."""
+    layer = PrototypeAttention(4, output_gamma=output_gamma)
+    features = rng.normal(size=(2, 3, 3, 8)).astype("float32")
+    prototypes = rng.normal(size=(5, 3, 8)).astype("float32")
+    layer(features, prototypes)
+    np.testing.assert_array_equal(layer.g.norm_layers[0].gamma.numpy(), np.full(8, output_gamma))
+    for block in (layer.rho, layer.psi, layer.delta):
+        for norm in block.norm_layers:
+            np.testing.assert_array_equal(norm.gamma.numpy(), np.ones(4))
+    # In training mode BN's output is gamma * (normalized) + beta with beta = 0, so g(.) after
+    # the ReLU scales with gamma: the 0.1 start is a tenth of the 1.0 start.
+    reference = PrototypeAttention(4, output_gamma=1.0)
+    reference(features, prototypes)
+    reference.set_weights(layer.get_weights())
+    for norm in reference.g.norm_layers:
+        norm.gamma.assign(np.ones(8, "float32"))
+    g_out = layer(features, prototypes, training=True) * 2 - features
+    g_ref = reference(features, prototypes, training=True) * 2 - features
+    np.testing.assert_allclose(g_out.numpy(), output_gamma * g_ref.numpy(), rtol=1e-4, atol=1e-5)
+    assert float(np.abs(g_ref.numpy()).max()) > 0.1
+    with pytest.raises(ValueError, match="output_gamma=0"):
+        PrototypeAttention(4, output_gamma=0)

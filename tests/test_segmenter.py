@@ -104,3 +104,16 @@ def test_bad_arguments(kwargs, message):
     kwargs.setdefault("backbone_weights", None)
     with pytest.raises(ValueError, match=message):
         build_segmenter(**kwargs)
+
+
+def test_attention_output_gamma_reaches_every_stage():
+    from ppl_tf.config import load_config
+    from ppl_tf.run import segmenter_from_config
+
+    def g_gammas(model):
+        return [float(s.attention.g.norm_layers[0].gamma.numpy()[0]) for s in ppl_stages(model)]
+
+    default = build_segmenter(3, backbone="tiny", num_stages=2, backbone_weights=None)
+    assert g_gammas(default) == pytest.approx([0.1, 0.1])
+    config = load_config(None, ["attention_output_gamma=1.0", "num_stages=2"])
+    assert g_gammas(segmenter_from_config(config, 3)) == [1.0, 1.0]
