@@ -165,7 +165,8 @@ def main(argv=None):
             if entry["num_stages"] == 2:
                 macs[entry["size"]] = entry["macs"]
     for row in rows:
-        if row["backbone"] == "resnet50" and row["size"] in macs:
+        # A share of the fp32 peak says nothing about int8 arithmetic: fp32 paths only.
+        if row["backbone"] == "resnet50" and row["size"] in macs and "int8" not in row["path"]:
             rate = macs[row["size"]] * row["batch"] / row["median_s"]
             row["share_of_peak"] = round(rate / peak, 3)
     fp32_ort = {(r["backbone"], r["batch"]): r for r in rows if r["path"] == "onnxruntime"}
