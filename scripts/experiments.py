@@ -13,8 +13,9 @@ TensorFlow thread each (on 2 cores two small runs at once give about 1.65x the t
 run with two threads); `--jobs 1` runs them one after another in this process. A run whose
 `metrics.json` exists is skipped, so an interrupted set restarts where it stopped. Results go to
 `--out` (default results/experiments/): one folder per run, `summary.json`, `summary.md` (the
-tables that go into the README), `fig4.png` and `experiments.log` (what this script said, with
-times).
+tables that go into the README), `fig4.png`, `teacher_curves.png` (val teacher mIoU per epoch of
+the first seed's supervised-only, baseline and PPL runs on both layouts) and `experiments.log`
+(what this script said, with times).
 
 Runs (1/16 labels unless "full"):
 - Table 3: supervised only; mean-teacher baseline (n = 0); + pull only (n = 2, no Eq. 1);
@@ -304,8 +305,57 @@ def summarize(out, seeds):
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     if any(curve["pseudo_miou"] for curve in summary["fig4"].values()):
         plot_fig4(summary["fig4"], out / "fig4.png")  # nothing to draw before any run has a curve
+    curves = teacher_curves(out, first)
+    if any(curves[layout] for layout in curves):
+        plot_teacher_curves(curves, out / "teacher_curves.png")
     print("\n".join(lines))
     return summary
+
+
+def teacher_curves(out, seed):
+    """{layout: {method: (val teacher mIoU per epoch, warm-up epochs)}} of the seed's
+    supervised-only, baseline and PPL runs on the standard scenes (Table 3) and the held-out
+    layout: how fast each starts, and where the unlabeled loss begins."""
+    curves = {}
+    for layout, part in (("standard scenes (Table 3)", "table3"), ("held-out layout", "heldout")):
+        curves[layout] = {}
+        for name in HELDOUT:
+            folder = out / part / f"{name}_s{seed}"
+            rows = read_log(folder)
+            if rows:
+                values = [float(r["val_teacher_miou"]) for r in rows]
+                curves[layout][name] = (values, read_warmup_epochs(folder))
+    return curves
+
+
+def read_warmup_epochs(folder):
+    import yaml
+
+    path = folder / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return (config or {}).get("warmup_epochs")
+
+
+def plot_teacher_curves(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(curves), figsize=(10, 3.5), sharey=True)
+    for axis, (layout, runs) in zip(axes, curves.items(), strict=True):
+        warmups = {warmup for _, warmup in runs.values() if warmup}
+        for warmup in warmups:
+            axis.axvline(warmup, color="gray", linestyle=":", label=f"end of warm-up ({warmup})")
+        for name, (values, _) in runs.items():
+            axis.plot(range(1, len(values) + 1), [100 * v for v in values], label=name)
+        axis.set_title(layout)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    axes[0].set_ylabel("val teacher mIoU (%)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def plot_fig4(curves, path):

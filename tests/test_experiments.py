@@ -110,3 +110,20 @@ def test_parallel_jobs_run_in_processes_and_reach_the_summary(tmp_path, capsys):
     log = (tmp_path / "x" / "experiments.log").read_text()  # what main() said, kept beside
     assert log.count("[done]") == 3 and log.count("[skip]") == 3
     assert "--jobs 2" in log and "3 runs" in log and "0 runs" in log
+
+
+def test_teacher_curves_of_both_layouts_are_read_and_drawn(tmp_path):
+    experiments = load()
+    for k, name in enumerate(("sup_only", "baseline", "ppl")):
+        for part in ("table3", "heldout"):
+            folder = tmp_path / part / f"{name}_s0"
+            folder.mkdir(parents=True)
+            rows = "".join(f"{e},{0.1 * k + 0.01 * e}\n" for e in range(4))
+            (folder / "log.csv").write_text("epoch,val_teacher_miou\n" + rows)
+            (folder / "config.yaml").write_text("warmup_epochs: 2\n")
+    curves = experiments.teacher_curves(tmp_path, 0)
+    values, warmup = curves["held-out layout"]["ppl"]
+    assert values == pytest.approx([0.2, 0.21, 0.22, 0.23]) and warmup == 2
+    assert set(curves["standard scenes (Table 3)"]) == {"sup_only", "baseline", "ppl"}
+    experiments.summarize(tmp_path, [0])
+    assert (tmp_path / "teacher_curves.png").stat().st_size > 10_000
