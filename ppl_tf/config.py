@@ -68,7 +68,7 @@ class TrainConfig:
     cache_dir: str = "data_cache"  # where digit scenes are written
     digits_train_scenes: int = 4000
     # standard: 64x64 scenes, 2-4 digits of 20-28 px; crowded: 128x128 scenes, 4-8 digits of
-    # 12-20 px, more background (the held-out check of the demo's settings)
+    # 14-22 px, more background (the held-out check of the demo's settings)
     digits_layout: str = "standard"
     digits_luma_contrast: float = 60.0  # least luminance step between a digit and its ground
     labeled: str = "1/16"  # a fraction, a count, "all", or a folder of split lists

@@ -313,7 +313,7 @@ def summarize(out, seeds):
 
 
 def teacher_curves(out, seed):
-    """{layout: {method: (val teacher mIoU per epoch, warm-up epochs)}} of the seed's
+    """{layout: {method: ([(epoch from 1, val teacher mIoU)], warm-up epochs)}} of the seed's
     supervised-only, baseline and PPL runs on the standard scenes (Table 3) and the held-out
     layout: how fast each starts, and where the unlabeled loss begins."""
     curves = {}
@@ -321,10 +321,13 @@ def teacher_curves(out, seed):
         curves[layout] = {}
         for name in HELDOUT:
             folder = out / part / f"{name}_s{seed}"
-            rows = read_log(folder)
-            if rows:
-                values = [float(r["val_teacher_miou"]) for r in rows]
-                curves[layout][name] = (values, read_warmup_epochs(folder))
+            points = [
+                (int(r["epoch"]) + 1, float(r["val_teacher_miou"]))
+                for r in read_log(folder)
+                if r.get("val_teacher_miou")
+            ]
+            if points:
+                curves[layout][name] = (points, read_warmup_epochs(folder))
     return curves
 
 
@@ -343,12 +346,15 @@ def plot_teacher_curves(curves, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(curves), figsize=(10, 3.5), sharey=True)
+    drawn = {layout: {} for layout in curves}  # what each panel shows, for the tests
     for axis, (layout, runs) in zip(axes, curves.items(), strict=True):
         warmups = {warmup for _, warmup in runs.values() if warmup}
         for warmup in warmups:
             axis.axvline(warmup, color="gray", linestyle=":", label=f"end of warm-up ({warmup})")
-        for name, (values, _) in runs.items():
-            axis.plot(range(1, len(values) + 1), [100 * v for v in values], label=name)
+        for name, (points, _) in runs.items():
+            epochs, values = zip(*points, strict=True)
+            (line,) = axis.plot(epochs, [100 * v for v in values], label=name)
+            drawn[layout][name] = line.get_ydata().tolist()
         axis.set_title(layout)
         axis.set_xlabel("epoch")
         axis.legend()
@@ -356,6 +362,7 @@ def plot_teacher_curves(curves, path):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return drawn
 
 
 def plot_fig4(curves, path):

@@ -115,15 +115,20 @@ def test_parallel_jobs_run_in_processes_and_reach_the_summary(tmp_path, capsys):
 def test_teacher_curves_of_both_layouts_are_read_and_drawn(tmp_path):
     experiments = load()
     for k, name in enumerate(("sup_only", "baseline", "ppl")):
-        for part in ("table3", "heldout"):
+        for offset, part in ((0.0, "table3"), (0.5, "heldout")):
             folder = tmp_path / part / f"{name}_s0"
             folder.mkdir(parents=True)
-            rows = "".join(f"{e},{0.1 * k + 0.01 * e}\n" for e in range(4))
+            rows = "".join(f"{e},{offset + 0.1 * k + 0.01 * e}\n" for e in range(4))
+            rows += "4,\n"  # an epoch without a value is left out
             (folder / "log.csv").write_text("epoch,val_teacher_miou\n" + rows)
             (folder / "config.yaml").write_text("warmup_epochs: 2\n")
     curves = experiments.teacher_curves(tmp_path, 0)
-    values, warmup = curves["held-out layout"]["ppl"]
-    assert values == pytest.approx([0.2, 0.21, 0.22, 0.23]) and warmup == 2
-    assert set(curves["standard scenes (Table 3)"]) == {"sup_only", "baseline", "ppl"}
+    points, warmup = curves["held-out layout"]["ppl"]
+    assert [e for e, _ in points] == [1, 2, 3, 4] and warmup == 2
+    assert [v for _, v in points] == pytest.approx([0.7, 0.71, 0.72, 0.73])
+    assert curves["standard scenes (Table 3)"]["ppl"][0][0][1] == pytest.approx(0.2)
+    drawn = experiments.plot_teacher_curves(curves, tmp_path / "curves.png")
+    assert drawn["held-out layout"]["sup_only"] == pytest.approx([50.0, 51.0, 52.0, 53.0])
+    assert drawn["standard scenes (Table 3)"]["baseline"] == pytest.approx([10, 11, 12, 13])
     experiments.summarize(tmp_path, [0])
-    assert (tmp_path / "teacher_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "teacher_curves.png").is_file()

@@ -1,7 +1,10 @@
 """How fast a segmenter learns the labeled images at the start, head by head.
 
-    python results/diagnostics/supervised_start.py --out results/diagnostics/start_n2_g01 \
+    TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \
+        python results/diagnostics/supervised_start.py --out results/diagnostics/start_n2_g01 \
         use_unlabeled=false num_stages=2 seed=0
+
+(the runs in results/diagnostics/start_* ran two at a time with those one-thread settings)
 
 Trains `configs/demo.yaml` with the given overrides (the LR and EMA schedules of the full budget,
 so epoch e here is epoch e of a full run), stops after `--stop` epochs, and after every epoch
