@@ -6,9 +6,14 @@
 
 For each backbone it builds the segmenter (K=21, n=2 PPL stages, random weights), exports it with
 `ppl_tf.export.export_model` into a temporary folder, and times `--runs` calls after `--warmup`
-untimed ones for each path and batch size. It also measures this CPU's fp32 matmul peak (a
-4096^3 tf.matmul) and, for R50, the share of that peak the SavedModel reaches, using the
-multiply-add count of benchmarks/cost.py. Writes results/inference.json and results/inference.md.
+untimed ones for each path and batch size. All paths are timed round-robin, `--repeats` times,
+with a sample of this CPU's fp32 matmul peak (a 4096^3 tf.matmul) before each backbone-batch
+group and at the end, so a slower minute of the machine shows in every figure alike. Each row
+reports the median over the repeats, their spread, and its latency relative to fp32 ONNX
+Runtime on the same batch (the ratio survives the machine's speed changing between sessions,
+which the absolute figures do not); the peak is the median of its samples. For R50's fp32
+paths it also gives the share of that peak, using the multiply-add count of
+benchmarks/cost.py. Writes results/inference.json and results/inference.md.
 
 The int8 path (`onnxruntime_int8`) is the export's `model_int8.onnx`, quantized as
 `export_model` does it. The random-weight models have no training images: they are calibrated on
@@ -52,13 +57,31 @@ def timed(fn, runs, warmup):
     return statistics.median(times), min(times), max(times)
 
 
-def matmul_peak(size=4096, runs=5):
-    """fp32 multiply-adds per second of a size^3 tf.matmul (median of `runs`)."""
+def matmul_peak(size=4096, runs=3, warmup=1):
+    """fp32 multiply-adds per second of a size^3 tf.matmul (median of `runs`): one sample."""
     a = tf.random.normal((size, size))
     b = tf.random.normal((size, size))
     run = tf.function(lambda: tf.matmul(a, b))
-    median, _, _ = timed(lambda: run().numpy(), runs, 2)
+    median, _, _ = timed(lambda: run().numpy(), runs, warmup)
     return size**3 / median
+
+
+def interleaved(paths, repeats, runs, warmup, peak=matmul_peak):
+    """Times every call of `paths` ({key: fn}) `repeats` times, round-robin: each repeat times
+    every path once (`runs` calls after `warmup`, the median kept) and takes a peak sample
+    before each (backbone, batch) group and at the end. A slow minute of the machine then
+    shows in every path and in the peak alike. Returns ({key: [median per repeat]}, [peaks])."""
+    timings = {key: [] for key in paths}
+    peaks = []
+    for _ in range(repeats):
+        group = None
+        for key, fn in paths.items():
+            if key[:2] != group:
+                group = key[:2]
+                peaks.append(peak())
+            timings[key].append(timed(fn, runs, warmup)[0])
+    peaks.append(peak())
+    return timings, peaks
 
 
 def demo_miou(folder, batch_size=None, progress=False):
@@ -104,6 +127,13 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="times every path this many times, interleaved with the others and with peak "
+        "samples; the median is reported with the spread between repeats",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
         "--int8-calibration",
@@ -118,10 +148,9 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
-    peak = matmul_peak()
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} G multiply-adds/s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        paths = {}  # (backbone, batch, path) -> a call on that batch
         for backbone in args.backbones:
             model = build_segmenter(21, backbone, num_stages=2, backbone_weights=None)
             rng = np.random.default_rng(1)
@@ -138,26 +167,37 @@ def main(argv=None):
                 rng = np.random.default_rng(0)
                 images = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
                 floats = tf.constant(images.astype(np.float32))
-                paths = {
-                    "keras": lambda f=floats, k=keras_call: k(f).numpy(),
-                    "savedmodel": lambda i=images, m=saved: m.predict(i),
-                    "onnxruntime": lambda i=images, m=onnx: m.predict(i),
-                    "onnxruntime_int8": lambda i=images, m=onnx_int8: m.predict(i),
-                }
-                for path, fn in paths.items():
-                    median, low, high = timed(fn, args.runs, args.warmup)
-                    row = {
-                        "backbone": backbone,
-                        "path": path,
-                        "batch": batch,
-                        "size": args.size,
-                        "median_s": round(median, 4),
-                        "min_s": round(low, 4),
-                        "max_s": round(high, 4),
-                        "images_per_s": round(batch / median, 2),
-                    }
-                    rows.append(row)
-                    print(json.dumps(row))
+                paths[(backbone, batch, "keras")] = lambda f=floats, k=keras_call: k(f).numpy()
+                paths[(backbone, batch, "savedmodel")] = lambda i=images, m=saved: m.predict(i)
+                paths[(backbone, batch, "onnxruntime")] = lambda i=images, m=onnx: m.predict(i)
+                paths[(backbone, batch, "onnxruntime_int8")] = lambda i=images, m=onnx_int8: (
+                    m.predict(i)
+                )
+        timings, peaks = interleaved(paths, args.repeats, args.runs, args.warmup)
+    peak = statistics.median(peaks)
+    print(f"fp32 matmul peak: {peak / 1e9:.1f} G multiply-adds/s (median of {len(peaks)})")
+    for (backbone, batch, path), medians in timings.items():
+        median = statistics.median(medians)
+        rows.append(
+            {
+                "backbone": backbone,
+                "path": path,
+                "batch": batch,
+                "size": args.size,
+                "median_s": round(median, 4),
+                "repeat_medians_s": [round(m, 4) for m in medians],
+                "spread_pct": round(100 * (max(medians) - min(medians)) / median, 1),
+                "images_per_s": round(batch / median, 2),
+            }
+        )
+    ort = {(r["backbone"], r["batch"]): r["median_s"] for r in rows if r["path"] == "onnxruntime"}
+    for row in rows:
+        # Latency relative to fp32 ONNX Runtime on the same batch, from the same interleaved run:
+        # the figure that survives the machine's speed changing between sessions.
+        row["latency_vs_onnxruntime"] = round(
+            row["median_s"] / ort[(row["backbone"], row["batch"])], 3
+        )
+        print(json.dumps(row))
     macs = {}
     cost_file = RESULTS / "cost.json"
     if cost_file.is_file():
@@ -174,7 +214,15 @@ def main(argv=None):
         if row["path"] == "onnxruntime_int8":
             fp32 = fp32_ort[(row["backbone"], row["batch"])]
             row["speedup_vs_fp32_onnxruntime"] = round(fp32["median_s"] / row["median_s"], 3)
-    result = {"matmul_peak_macs_per_s": peak, "rows": rows, "command": " ".join(sys.argv)}
+    peak_spread = 100 * (max(peaks) - min(peaks)) / peak
+    result = {
+        "matmul_peak_macs_per_s": peak,
+        "matmul_peak_samples": [round(p) for p in peaks],
+        "matmul_peak_spread_pct": round(peak_spread, 1),
+        "repeats": args.repeats,
+        "rows": rows,
+        "command": " ".join(sys.argv),
+    }
     if args.demo_export:
         result["demo_int8"] = demo_miou(args.demo_export)
         print(json.dumps(result["demo_int8"]))
@@ -182,15 +230,20 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "inference.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
-        f"fp32 matmul peak of this CPU: {peak / 1e9:.1f} G multiply-adds/s",
+        f"fp32 matmul peak of this CPU: {peak / 1e9:.1f} G multiply-adds/s, the median of "
+        f"{len(peaks)} samples taken between the timings (spread {peak_spread:.1f}%); each "
+        f"latency is the median of {args.repeats} interleaved repeats, spread = (max - min) / "
+        "median over them; vs ORT = latency / fp32 ONNX Runtime's on the same batch",
         "",
-        "| backbone | path | batch | median latency (s) | images/s | share of peak |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| backbone | path | batch | median latency (s) | spread | vs ORT | images/s | "
+        "share of peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         share = f"{100 * r['share_of_peak']:.0f}%" if "share_of_peak" in r else "-"
         lines.append(
             f"| {r['backbone']} | {r['path']} | {r['batch']} | {r['median_s']:.3f} | "
+            f"{r['spread_pct']:.1f}% | {r['latency_vs_onnxruntime']:.2f} | "
             f"{r['images_per_s']:.2f} | {share} |"
         )
     lines += [

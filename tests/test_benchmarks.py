@@ -63,13 +63,21 @@ def test_inference_benchmark_quick_mode(tmp_path):
         "1",
         "--int8-calibration",
         "2",
+        "--repeats",
+        "2",
         "--out",
         str(tmp_path),
     ]
     result = load("inference").main(argv)
-    paths = {r["path"] for r in result["rows"]}
-    assert paths == {"keras", "savedmodel", "onnxruntime", "onnxruntime_int8"}
+    paths = {r["path"]: r for r in result["rows"]}
+    assert set(paths) == {"keras", "savedmodel", "onnxruntime", "onnxruntime_int8"}
     assert result["matmul_peak_macs_per_s"] > 1e9
+    # one peak sample before the (tiny, 1) group in each repeat and one at the end
+    assert len(result["matmul_peak_samples"]) == 3
+    assert all(len(r["repeat_medians_s"]) == 2 and r["spread_pct"] >= 0 for r in paths.values())
+    assert paths["onnxruntime"]["latency_vs_onnxruntime"] == 1.0
+    keras_ratio = paths["keras"]["median_s"] / paths["onnxruntime"]["median_s"]
+    assert paths["keras"]["latency_vs_onnxruntime"] == pytest.approx(keras_ratio, abs=2e-3)
     int8 = [r for r in result["rows"] if r["path"] == "onnxruntime_int8"]
     assert len(int8) == 1 and int8[0]["speedup_vs_fp32_onnxruntime"] > 0
     assert "demo_int8" not in result
@@ -106,3 +114,23 @@ def test_pipeline_benchmark_quick_mode(tmp_path):
     result = load("pipeline").main(argv)
     assert result["images_per_s"] > 0 and result["crop"] == 96
     assert json.loads((tmp_path / "pipeline.json").read_text()) == result
+
+
+def test_interleaved_timing_is_round_robin_with_peak_samples_between_groups():
+    inference = load("inference")
+    calls = []
+    paths = {
+        (b, n, p): (lambda key=(b, n, p): calls.append(key))
+        for b in ("tiny", "resnet50")
+        for n in (1, 8)
+        for p in ("keras", "onnxruntime")
+    }
+    peaks = iter(range(100))
+    timings, samples = inference.interleaved(
+        paths, repeats=2, runs=1, warmup=0, peak=lambda: calls.append("peak") or next(peaks)
+    )
+    assert all(len(medians) == 2 for medians in timings.values())
+    assert samples == list(range(9))  # 4 groups x 2 repeats + 1 at the end
+    one_repeat = ["peak", *list(paths)[:2], "peak", *list(paths)[2:4]]
+    one_repeat += ["peak", *list(paths)[4:6], "peak", *list(paths)[6:]]
+    assert calls == one_repeat * 2 + ["peak"]
