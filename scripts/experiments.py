@@ -357,7 +357,8 @@ def plot_teacher_curves(curves, path):
             drawn[layout][name] = line.get_ydata().tolist()
         axis.set_title(layout)
         axis.set_xlabel("epoch")
-        axis.legend()
+        if runs:  # a layout without finished runs stays an empty panel
+            axis.legend()
     axes[0].set_ylabel("val teacher mIoU (%)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
