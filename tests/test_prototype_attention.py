@@ -97,7 +97,9 @@ def test_g_starts_with_the_given_batchnorm_scale_and_the_others_with_one(output_
     features = rng.normal(size=(2, 3, 3, 8)).astype("float32")
     prototypes = rng.normal(size=(5, 3, 8)).astype("float32")
     layer(features, prototypes)
-    np.testing.assert_array_equal(layer.g.norm_layers[0].gamma.numpy(), np.full(8, output_gamma))
+    np.testing.assert_array_equal(
+        layer.g.norm_layers[0].gamma.numpy(), np.full(8, output_gamma, "float32")
+    )
     for block in (layer.rho, layer.psi, layer.delta):
         for norm in block.norm_layers:
             np.testing.assert_array_equal(norm.gamma.numpy(), np.ones(4))
