@@ -89,6 +89,9 @@ class TrainConfig:
     use_attention: bool = True  # pulling
     # initial BatchNorm scale of the attention's output block g (Eq. 3); 1.0 = the old default
     attention_output_gamma: float = 0.1
+    # classifiers see stage i's features x 2^(i-1), the final one x 2^n (undoes Eq. 3's
+    # halving for the classifiers' learning speed; Eq. 1-3 compute the same)
+    rescale_heads: bool = False
     # method
     use_push: bool = True  # pushing (Eq. 1)
     use_unlabeled: bool = True  # False: supervised only

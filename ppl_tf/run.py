@@ -239,6 +239,7 @@ def segmenter_from_config(config, num_classes, pretrained=True):
         use_attention=config.use_attention,
         aspp_rates=config.aspp_rates,
         attention_output_gamma=config.attention_output_gamma,
+        rescale_heads=config.rescale_heads,
     )
 
 

@@ -92,3 +92,18 @@ def test_bad_arguments(kwargs, message):
 def test_wrong_rank_input():
     with pytest.raises(ValueError, match=r"features.shape=\(8,\)"):
         PPLStage(3).build((8,))
+
+
+def test_classifier_input_scale_scales_the_classifier_input_only(rng):
+    plain, scaled = stage_model(), stage_model(classifier_input_scale=4.0)
+    scaled.set_weights(plain.get_weights())
+    stage = scaled.get_layer("stage")
+    features = rng.normal(size=(1, 3, 3, 8)).astype("float32")
+    logits, refined = scaled(features)
+    expected = 4.0 * features @ stage.classifier.kernel.numpy() + stage.classifier.bias.numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    # The refined features (Eq. 3) and the bank do not depend on it.
+    np.testing.assert_allclose(refined, plain(features)[1], rtol=1e-6, atol=1e-6)
+    assert PPLStage.from_config(stage.get_config()).classifier_input_scale == 4.0
+    with pytest.raises(ValueError, match="classifier_input_scale"):
+        PPLStage(4, classifier_input_scale=0)

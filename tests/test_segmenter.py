@@ -117,3 +117,27 @@ def test_attention_output_gamma_reaches_every_stage():
     assert g_gammas(default) == pytest.approx([0.1, 0.1])
     config = load_config(None, ["attention_output_gamma=1.0", "num_stages=2"])
     assert g_gammas(segmenter_from_config(config, 3)) == [1.0, 1.0]
+
+
+def test_rescale_heads_multiplies_each_classifier_input_by_its_halving(tmp_path):
+    from ppl_tf.config import load_config
+    from ppl_tf.run import segmenter_from_config
+
+    config = load_config(None, ["rescale_heads=true", "num_stages=2"])
+    rescaled = segmenter_from_config(config, 3)
+    plain = build_segmenter(3, backbone="tiny", num_stages=2, backbone_weights=None)
+    plain.set_weights(rescaled.get_weights())
+    assert [s.classifier_input_scale for s in ppl_stages(rescaled)] == [1.0, 2.0]
+    images = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    heads_rescaled = build_training_view(rescaled)(images)
+    heads_plain = build_training_view(plain)(images)
+    for a, b in zip(heads_rescaled["features"], heads_plain["features"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # Zero biases (their initial value): each head's logits scale exactly with its factor.
+    for factor, a, b in zip(
+        (1.0, 2.0, 4.0), heads_rescaled["logits"], heads_plain["logits"], strict=True
+    ):
+        np.testing.assert_allclose(a, factor * np.asarray(b), rtol=1e-4, atol=1e-5)
+    restored = keras_round_trip(rescaled, tmp_path)
+    np.testing.assert_allclose(restored(images), rescaled(images), rtol=1e-5, atol=1e-5)
+    assert build_segmenter(3, "tiny", num_stages=0, backbone_weights=None, rescale_heads=True)

@@ -27,6 +27,10 @@ class PPLStage(keras.layers.Layer):
         bn_momentum: BatchNormalization momentum of the attention blocks. Defaults to 0.9.
         attention_output_gamma: initial BatchNormalization scale of the attention's output
             block g (`PrototypeAttention`'s `output_gamma`). Defaults to 0.1.
+        classifier_input_scale: the classifier sees `features * classifier_input_scale`.
+            Defaults to 1.0. `build_segmenter(rescale_heads=True)` sets 2^(i-1) at stage i to
+            undo the halving of Eq. 3's average for the classifier (see there); the bank, the
+            attention and Eq. 1 are unchanged by it (cosines and BatchNorm ignore the scale).
 
     Call arguments:
         features: (B, H, W, C) features: the input of this stage's classifier.
@@ -44,6 +48,7 @@ class PPLStage(keras.layers.Layer):
         use_attention=True,
         bn_momentum=0.9,
         attention_output_gamma=0.1,
+        classifier_input_scale=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,6 +61,12 @@ class PPLStage(keras.layers.Layer):
         self.use_attention = use_attention
         self.bn_momentum = bn_momentum
         self.attention_output_gamma = float(attention_output_gamma)
+        if not classifier_input_scale > 0:
+            raise ValueError(
+                "`classifier_input_scale` must be > 0. "
+                f"Received: classifier_input_scale={classifier_input_scale}"
+            )
+        self.classifier_input_scale = float(classifier_input_scale)
 
         # === Layers ===
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
@@ -96,7 +107,8 @@ class PPLStage(keras.layers.Layer):
         self.memory.push(self.classifier_prototypes())
 
     def call(self, features, training=None):
-        logits = self.classifier(features)
+        scale = self.classifier_input_scale
+        logits = self.classifier(features if scale == 1.0 else features * scale)
         if self.attention is None:
             return logits, features
         refined = self.attention(features, self.memory.read(), training=training)
@@ -115,5 +127,6 @@ class PPLStage(keras.layers.Layer):
             "use_attention": self.use_attention,
             "bn_momentum": self.bn_momentum,
             "attention_output_gamma": self.attention_output_gamma,
+            "classifier_input_scale": self.classifier_input_scale,
         }
         return {**base_config, **config}

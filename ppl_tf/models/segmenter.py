@@ -21,6 +21,7 @@ def build_segmenter(
     decoder_channels=None,
     aspp_rates=None,
     attention_output_gamma=0.1,
+    rescale_heads=False,
     name=None,
 ):
     """Builds the PPL segmenter of Fig. 3 as a functional `keras.Model`.
@@ -47,6 +48,15 @@ def build_segmenter(
             need smaller rates (`default_aspp_rates`).
         attention_output_gamma: initial BatchNormalization scale of every stage's attention
             output block g (see `PrototypeAttention`). Defaults to 0.1.
+        rescale_heads: every classifier sees its features times 2^(i-1) (stage i's) and
+            2^n (the final one). Eq. 3 averages, f' = (g(.) + f) / 2, so the final classifier
+            sees f at a quarter of its scale after two stages; with Adam, whose steps have a
+            fixed size in weight space, a linear classifier on features scaled by s moves its
+            logits s times as fast, and its gradient into f is scaled by s too. The factors
+            undo that for the classifiers only: what Eq. 1-3 compute is unchanged (Eq. 1 uses
+            cosines; rho, psi and delta start with a linear map and BatchNormalization, which
+            ignore the scale of their input), the classifiers' kernels just come out 2^i
+            times smaller. Defaults to False (the plain Eq. 3 network).
         name: model name. Defaults to "ppl_<backbone>_n<num_stages>".
 
     Example:
@@ -81,8 +91,11 @@ def build_segmenter(
             key_channels=channels // 2,
             use_attention=use_attention,
             attention_output_gamma=attention_output_gamma,
+            classifier_input_scale=2.0 ** (i - 1) if rescale_heads else 1.0,
             name=f"ppl_stage_{i}",
         )(features)
+    if rescale_heads and num_stages > 0:
+        features = keras.layers.Rescaling(2.0**num_stages, name="final_classifier_scale")(features)
     logits = keras.layers.Dense(num_classes, name="final_classifier")(features)
     logits = ResizeLike(name="upsample_logits", dtype="float32")(logits, images)
     return keras.Model(images, logits, name=name or f"ppl_{backbone}_n{num_stages}")
