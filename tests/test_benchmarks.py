@@ -49,6 +49,27 @@ def test_train_step_benchmark_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
+def test_train_step_breakdown_attributes_the_overhead_to_parts(tmp_path):
+    argv = ["--breakdown", "--configs", "tiny:32:2", "--steps", "1", "--warmup", "1"]
+    rows = load("train_step").main([*argv, "--repeats", "1", "--out", str(tmp_path)])
+    variants = {r["variant"]: r for r in rows if "variant" in r}
+    parts = {r["part"]: r for r in rows if "part" in r}
+    assert len(variants) == 5 and set(parts) == {
+        "pushing loss",
+        "pulling attention",
+        "heads and banks",
+    }
+    median = {name: r["median_s"] for name, r in variants.items()}
+    assert variants["baseline (n=0)"]["over_baseline_pct"] == 0.0
+    expected = median["PPL (n=2)"] - median["PPL without pushing (Eq. 1 off)"]
+    assert parts["pushing loss"]["seconds"] == pytest.approx(expected, abs=2e-4)
+    expected = median["PPL without both (heads and banks only)"] - median["baseline (n=0)"]
+    assert parts["heads and banks"]["seconds"] == pytest.approx(expected, abs=2e-4)
+    table = (tmp_path / "train_step_breakdown.md").read_text()
+    assert "pulling attention" in table and "PPL without both" in table
+
+
+@pytest.mark.slow
 def test_inference_benchmark_quick_mode(tmp_path):
     argv = [
         "--backbones",
