@@ -15,6 +15,13 @@ which the absolute figures do not); the peak is the median of its samples. For R
 paths it also gives the share of that peak, using the multiply-add count of
 benchmarks/cost.py. Writes results/inference.json and results/inference.md.
 
+`savedmodel_xla` is a diagnostic, not a serving path: the SavedModel's `serving_default`
+wrapped in `tf.function(jit_compile=True)` (compiled during the untimed warm-up calls). On CPUs
+where TensorFlow's oneDNN convolutions fall back to im2col + GEMM at batch 1 it shows what the
+model costs there without that fallback. It is not offered for serving: XLA's bilinear resize
+to some sizes differs from TensorFlow's (at 33x47, 3% of the pixels change class), and TF
+Serving runs no XLA unless started with `--xla_cpu_compilation_enabled`.
+
 The int8 path (`onnxruntime_int8`) is the export's `model_int8.onnx`, quantized as
 `export_model` does it. The random-weight models have no training images: they are calibrated on
 `--int8-calibration` random uint8 images of the benchmark's size, which sets the quantization
@@ -116,6 +123,18 @@ def demo_miou(folder, batch_size=None, progress=False):
     }
 
 
+def xla_signature(exported):
+    """`serving_default` of an ExportedModel (TensorFlow backend) compiled with XLA: a call on
+    uint8 images returns its outputs as NumPy, as `ExportedModel.predict` does (the
+    `savedmodel_xla` diagnostic above)."""
+    from ppl_tf.inference import INPUT_NAME
+
+    signature = exported._signature
+    compiled = tf.function(lambda images: signature(**{INPUT_NAME: images}), jit_compile=True)
+    # The closure keeps `exported` (the loaded SavedModel that owns the variables) alive.
+    return lambda images, keep=exported: {k: v.numpy() for k, v in compiled(images).items()}
+
+
 def main(argv=None):
     from ppl_tf.export import export_model
     from ppl_tf.inference import ExportedModel
@@ -161,6 +180,7 @@ def main(argv=None):
             )
             keras_call = tf.function(lambda x, m=model: m(x, training=False))
             saved = ExportedModel(folder, backend="tensorflow")
+            saved_xla = xla_signature(ExportedModel(folder, backend="tensorflow"))
             onnx = ExportedModel(folder, backend="onnxruntime")
             onnx_int8 = ExportedModel(folder, backend="onnxruntime", int8=True)
             for batch in args.batches:
@@ -169,6 +189,9 @@ def main(argv=None):
                 floats = tf.constant(images.astype(np.float32))
                 paths[(backbone, batch, "keras")] = lambda f=floats, k=keras_call: k(f).numpy()
                 paths[(backbone, batch, "savedmodel")] = lambda i=images, m=saved: m.predict(i)
+                paths[(backbone, batch, "savedmodel_xla")] = lambda i=images, f=saved_xla: f(
+                    tf.constant(i)
+                )
                 paths[(backbone, batch, "onnxruntime")] = lambda i=images, m=onnx: m.predict(i)
                 paths[(backbone, batch, "onnxruntime_int8")] = lambda i=images, m=onnx_int8: (
                     m.predict(i)

@@ -6,7 +6,7 @@
 
 Each config is backbone:crop:batch[:output_stride[:precision]] (batch = labeled and unlabeled
 images per step each; output stride 16 and float32 unless given; the demo is tiny:64:8:8). The
-defaults add mixed_bfloat16 rows: this CPU has AMX-BF16, which oneDNN uses. The trainer
+defaults add mixed_bfloat16 rows (oneDNN uses AMX-BF16 where the CPU has it). The trainer
 runs `fit` on a synthetic batch stream after the warm-up phase (every loss term on), and a
 callback times each step; the median of `--steps` steps after `--warmup` untimed ones is
 reported with images/s (labeled + unlabeled) and PPL's overhead over the baseline. Writes

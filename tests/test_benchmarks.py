@@ -91,7 +91,13 @@ def test_inference_benchmark_quick_mode(tmp_path):
     ]
     result = load("inference").main(argv)
     paths = {r["path"]: r for r in result["rows"]}
-    assert set(paths) == {"keras", "savedmodel", "onnxruntime", "onnxruntime_int8"}
+    assert set(paths) == {
+        "keras",
+        "savedmodel",
+        "savedmodel_xla",
+        "onnxruntime",
+        "onnxruntime_int8",
+    }
     assert result["matmul_peak_macs_per_s"] > 1e9
     # one peak sample before the (tiny, 1) group in each repeat and one at the end
     assert len(result["matmul_peak_samples"]) == 3
