@@ -161,3 +161,17 @@ def test_interleaved_timing_is_round_robin_with_peak_samples_between_groups():
     one_repeat = ["peak", *list(paths)[:2], "peak", *list(paths)[2:4]]
     one_repeat += ["peak", *list(paths)[4:6], "peak", *list(paths)[6:]]
     assert calls == one_repeat * 2 + ["peak"]
+
+
+@pytest.mark.slow
+def test_int8_settings_benchmark_quick_mode(tmp_path):
+    argv = ["--backbone", "tiny", "--size", "32", "--runs", "1", "--calibration", "2"]
+    result = load("int8_settings").main([*argv, "--out", str(tmp_path)])
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert len(rows) == 5
+    assert rows["per-tensor weights"]["settings"]["per_channel"] is False
+    assert rows["QOperator format"]["settings"]["quant_format"] == "QOperator"
+    fp32 = sum(result["fp32_median_s_first_last"]) / 2
+    for row in rows.values():
+        assert row["speedup_vs_fp32"] == pytest.approx(fp32 / row["median_s"], rel=1e-2)
+    assert "| no reduce_range |" in (tmp_path / "int8_settings.md").read_text()
