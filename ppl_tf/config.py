@@ -94,6 +94,8 @@ class TrainConfig:
     rescale_heads: bool = False
     # method
     use_push: bool = True  # pushing (Eq. 1)
+    # factor of the contrastive losses inside L_u (Eq. 6: 1); not in the paper, opt-in
+    contrast_weight: float = 1.0
     use_unlabeled: bool = True  # False: supervised only
     tau: float = 0.8
     unsupervised_weight: float = 0.1  # lambda of Eq. 7: 0.1 on VOC, 0.5 on Cityscapes
@@ -195,6 +197,8 @@ class TrainConfig:
             len(self.aspp_rates) != 3 or len(set(self.aspp_rates)) != 3 or min(self.aspp_rates) < 1
         ):
             raise ConfigError(f"aspp_rates: need three different rates >= 1, got {self.aspp_rates}")
+        if not self.contrast_weight >= 0:
+            raise ConfigError(f"contrast_weight: need a value >= 0, got {self.contrast_weight}")
         if not self.attention_output_gamma > 0:
             raise ConfigError(
                 f"attention_output_gamma: need a value > 0, got {self.attention_output_gamma}"

@@ -256,6 +256,7 @@ def build_trainer(config, num_classes, strategy, total_steps, warmup_steps):
             gamma=config.gamma,
             margin=config.margin,
             use_push=config.use_push,
+            contrast_weight=config.contrast_weight,
             use_unlabeled=config.use_unlabeled,
             weight_decay=config.weight_decay,
             backbone_lr_multiplier=config.backbone_lr_multiplier,

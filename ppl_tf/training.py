@@ -101,6 +101,8 @@ class PPLTrainer(keras.Model):
         tau: pseudo-label confidence threshold. Defaults to 0.8.
         unsupervised_weight: lambda of Eq. 7. Defaults to 0.1 (VOC; 0.5 for Cityscapes).
         gamma, margin: scale and margin of Eq. 1. Default to 32 and 0.25.
+        contrast_weight: factor of the contrastive losses inside L_u (Eq. 6 has 1, the
+            default). Not in the paper: an opt-in weight, measured in the README.
         use_push: the multi-prototype contrastive loss (pushing); `use_attention` of the
             segmenter is the pulling interaction.
         use_unlabeled: False trains on labeled data only (the "supervised-only" baseline).
@@ -131,6 +133,7 @@ class PPLTrainer(keras.Model):
         unsupervised_weight=0.1,
         gamma=32.0,
         margin=0.25,
+        contrast_weight=1.0,
         use_push=True,
         use_unlabeled=True,
         weight_decay=1e-4,
@@ -165,6 +168,11 @@ class PPLTrainer(keras.Model):
         self.unsupervised_weight = float(unsupervised_weight)
         self.gamma = float(gamma)
         self.margin = float(margin)
+        if not contrast_weight >= 0:
+            raise ValueError(
+                f"`contrast_weight` must be >= 0. Received: contrast_weight={contrast_weight}"
+            )
+        self.contrast_weight = float(contrast_weight)
         self.use_push = bool(use_push)
         self.use_unlabeled = bool(use_unlabeled)
         self.weight_decay = float(weight_decay)
@@ -382,7 +390,7 @@ class PPLTrainer(keras.Model):
         for i, value in enumerate(contrast):
             terms[f"loss_contrast_{i + 1}"] = value
         terms["loss_contrast"] = tf.add_n(contrast) if contrast else tf.constant(0.0)
-        loss_unlabeled = terms["loss_unlabeled_ce"] + terms["loss_contrast"]
+        loss_unlabeled = terms["loss_unlabeled_ce"] + self.contrast_weight * terms["loss_contrast"]
         terms["loss"] = terms["loss_labeled"] + self.unsupervised_weight * loss_unlabeled
         return terms
 
@@ -598,6 +606,7 @@ class PPLTrainer(keras.Model):
             "unsupervised_weight": self.unsupervised_weight,
             "gamma": self.gamma,
             "margin": self.margin,
+            "contrast_weight": self.contrast_weight,
             "use_push": self.use_push,
             "use_unlabeled": self.use_unlabeled,
             "weight_decay": self.weight_decay,

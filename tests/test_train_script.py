@@ -254,6 +254,7 @@ def test_two_workers_with_multi_worker_mirrored_strategy_end_identical(tmp_path)
         (["eval_crop=0"], ("eval_crop",)),
         (["export_network=both"], ("export_network",)),
         (["attention_output_gamma=0"], ("attention_output_gamma", "> 0")),
+        (["contrast_weight=-0.5"], ("contrast_weight", ">= 0")),
     ],
 )
 def test_config_mistakes_stop_before_any_data_is_read(argv, keys, capsys, monkeypatch):

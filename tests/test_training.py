@@ -202,6 +202,16 @@ def test_loss_terms_on_and_off(kwargs, present, absent):
     assert float(logs["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
+def test_contrast_weight_scales_the_contrastive_term_only():
+    logs = make_trainer(tau=0.0, contrast_weight=0.25).train_step(square_batch(2))
+    unlabeled = float(logs["loss_unlabeled_ce"]) + 0.25 * float(logs["loss_contrast"])
+    expected = float(logs["loss_labeled"]) + 0.1 * unlabeled
+    assert float(logs["loss_contrast"]) > 0
+    assert float(logs["loss"]) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="contrast_weight"):
+        make_trainer(contrast_weight=-1.0)
+
+
 def test_warmup_student_sees_the_labeled_images_alone():
     # During warm-up the step must equal a supervised-only step: same weights, BatchNorm
     # statistics included (before, the strong unlabeled views went through BatchNorm).
