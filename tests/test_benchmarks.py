@@ -175,3 +175,16 @@ def test_int8_settings_benchmark_quick_mode(tmp_path):
     for row in rows.values():
         assert row["speedup_vs_fp32"] == pytest.approx(fp32 / row["median_s"], rel=1e-2)
     assert "| no reduce_range |" in (tmp_path / "int8_settings.md").read_text()
+
+
+@pytest.mark.slow
+def test_onednn_benchmark_times_each_setting_in_its_own_process(tmp_path):
+    argv = ["--backbone", "tiny", "--size", "32", "--batches", "1", "--runs", "1"]
+    result = load("onednn").main([*argv, "--out", str(tmp_path)])
+    rows = result["rows"]
+    assert [(r["batch"], r["onednn"]) for r in rows] == [(1, True), (1, False)]
+    assert rows[0]["vs_onednn_on"] == 1.0 and rows[1]["median_s"] > 0
+    assert rows[1]["vs_onednn_on"] == pytest.approx(
+        rows[1]["median_s"] / rows[0]["median_s"], rel=0.02
+    )
+    assert "| 1 | off |" in (tmp_path / "onednn.md").read_text()
