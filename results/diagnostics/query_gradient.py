@@ -25,13 +25,10 @@ sys.path.insert(0, str(ROOT))
 import ppl_tf  # noqa: E402, F401
 
 # isort: split
-import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ppl_tf import run  # noqa: E402
-from ppl_tf.config import DEMO_CONFIG, load_config  # noqa: E402
-from ppl_tf.data import SkippedSamples  # noqa: E402
 from ppl_tf.layers import PrototypeAttention  # noqa: E402
+from results.diagnostics.supervised_start import demo_trainer  # noqa: E402
 
 HOLD_QUERIES = {"on": False}
 _affinity = PrototypeAttention.affinity
@@ -65,20 +62,8 @@ def main():
     parser.add_argument("overrides", nargs="*", help="key=value on top of configs/demo.yaml")
     args = parser.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = [f"out={out}", "export=false", "images_to_log=0", f"cache_dir={args.cache_dir}"]
-    config = load_config(DEMO_CONFIG, [*args.overrides, *extra])
-    keras.utils.set_random_seed(config.seed)
-    source, splits = run.load_data(config, out, write=True)
+    config, _, train_data, _, trainer = demo_trainer(out, args.overrides, args.cache_dir)
     steps = config.steps_per_epoch
-    train_data, _ = run.datasets(config, source, splits, SkippedSamples())
-    trainer = run.build_trainer(
-        config,
-        source.num_classes,
-        tf.distribute.get_strategy(),
-        config.epochs * steps,
-        config.warmup_epochs * steps,
-    )
     batches = [batch for _, batch in zip(range(4), train_data, strict=False)]
     encoder = [
         v

@@ -90,17 +90,14 @@ class HeadLog(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--stop", type=int, default=20, help="epochs to train")
-    parser.add_argument("--cache-dir", default=str(ROOT / "data_cache"))
-    parser.add_argument("overrides", nargs="*", help="key=value on top of configs/demo.yaml")
-    args = parser.parse_args()
-    out = Path(args.out)
+def demo_trainer(out, overrides, cache_dir):
+    """`configs/demo.yaml` with `overrides`, its data and a new trainer on the full budget's
+    schedules: (config, num_classes, train_data, val_data, trainer). Also used by
+    query_gradient.py."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = [f"out={out}", "export=false", "images_to_log=0", f"cache_dir={args.cache_dir}"]
-    config = load_config(DEMO_CONFIG, [*args.overrides, *extra])
+    extra = [f"out={out}", "export=false", "images_to_log=0", f"cache_dir={cache_dir}"]
+    config = load_config(DEMO_CONFIG, [*overrides, *extra])
     keras.utils.set_random_seed(config.seed)
     source, splits = run.load_data(config, out, write=True)
     steps = config.steps_per_epoch
@@ -112,10 +109,25 @@ def main():
         config.epochs * steps,
         config.warmup_epochs * steps,
     )
+    return config, source.num_classes, train_data, val_data, trainer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--stop", type=int, default=20, help="epochs to train")
+    parser.add_argument("--cache-dir", default=str(ROOT / "data_cache"))
+    parser.add_argument("overrides", nargs="*", help="key=value on top of configs/demo.yaml")
+    args = parser.parse_args()
+    out = Path(args.out)
+    config, num_classes, train_data, val_data, trainer = demo_trainer(
+        out, args.overrides, args.cache_dir
+    )
+    steps = config.steps_per_epoch
     images, masks = (
         np.concatenate(parts) for parts in zip(*val_data.as_numpy_iterator(), strict=True)
     )
-    log = HeadLog(trainer, images, masks, source.num_classes, out / "diag.csv", args.stop)
+    log = HeadLog(trainer, images, masks, num_classes, out / "diag.csv", args.stop)
     trainer.fit(
         train_data,
         steps_per_epoch=steps,
