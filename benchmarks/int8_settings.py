@@ -17,7 +17,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,16 +40,10 @@ VARIANTS = {
 def latency(path, images, runs):
     import onnxruntime as ort
 
+    from benchmarks.inference import timed
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {"images": images}
-    for _ in range(2):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(lambda: session.run(None, {"images": images}), runs, warmup=2)[0]
 
 
 def main(argv=None):
@@ -87,7 +80,7 @@ def main(argv=None):
         "backbone": args.backbone,
         "size": args.size,
         "batch": 1,
-        "fp32_median_s_first_last": [round(first, 4), round(last, 4)],
+        "fp32_median_s_first_last": [round(first, 6), round(last, 6)],
         "rows": rows,
         "command": " ".join(sys.argv),
     }

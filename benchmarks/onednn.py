@@ -13,10 +13,8 @@ Writes results/onednn.{json,md}.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,20 +29,14 @@ def child(backbone, size, batch, runs):
     import numpy as np
     import tensorflow as tf
 
+    from benchmarks.inference import timed
     from ppl_tf.models import build_segmenter
 
     model = build_segmenter(21, backbone, num_stages=2, backbone_weights=None)
     call = tf.function(lambda x: model(x, training=False))
     images = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
     images = tf.constant(images)
-    for _ in range(2):
-        call(images).numpy()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call(images).numpy()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(lambda: call(images).numpy(), runs, warmup=2)[0]
 
 
 def main(argv=None):
