@@ -66,6 +66,20 @@ def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_p
     assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text
 
 
+def test_noise_table_gives_each_method_its_drop_from_zero_noise(tmp_path):
+    experiments = load()
+    values = {"baseline_00": 0.70, "baseline_10": 0.66, "ppl_00": 0.72, "ppl_20": 0.705}
+    for name, miou in values.items():
+        folder = tmp_path / "noise" / name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"teacher_miou": miou}))
+    experiments.summarize(tmp_path, [0])
+    text = (tmp_path / "summary.md").read_text()
+    assert "| 0% | 70.00 | +0.00 | 72.00 | +0.00 |" in text
+    assert "| 10% | 66.00 | -4.00 | - | - |" in text
+    assert "| 20% | - | - | 70.50 | -1.50 |" in text
+
+
 def test_methods_narrow_table3_and_heldout_in_seed_order():
     experiments = load()
     names = [
