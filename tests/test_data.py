@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,8 @@ from ppl_tf.data.classes import CITYSCAPES_ID_TO_TRAIN_ID, VOC_PALETTE
 from ppl_tf.data.decode import read_mask
 from ppl_tf.data.digit_scenes import DigitSceneConfig, materialize
 from ppl_tf.data.splits import generate_partition
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def save_rgb(path, array):
@@ -173,6 +176,16 @@ def test_valid_map_marks_padding_only():
         )
         np.testing.assert_array_equal(valid_unlabeled.numpy(), valid.numpy())
         assert np.all(out_image.numpy()[~valid.numpy()] == 0)
+
+
+@pytest.mark.parametrize("name", ["voc_r50", "voc_r101", "cityscapes_r50", "cityscapes_r101"])
+def test_paper_configs_blur_with_the_usual_sigma_whatever_their_crop(name):
+    from ppl_tf.config import load_config
+
+    config = load_config(ROOT / "configs" / f"{name}.yaml")
+    sigma = tuple(config.blur_sigma) if config.blur_sigma else None
+    augment = AugmentConfig(crop_size=config.crop_size, blur_sigma=sigma)
+    assert augment.strong_blur_sigma() == pytest.approx((0.1, 2.0))
 
 
 def test_blur_is_scaled_with_the_crop():
