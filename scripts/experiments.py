@@ -11,11 +11,13 @@ Every run is a training run (`ppl_tf.run.train`, what `scripts/train.py` runs) o
 with a few overrides. `--jobs 2` (default) runs two train.py processes at a time with one
 TensorFlow thread each (on 2 cores two small runs at once give about 1.65x the throughput of one
 run with two threads); `--jobs 1` runs them one after another in this process. A run whose
-`metrics.json` exists is skipped, so an interrupted set restarts where it stopped. Results go to
-`--out` (default results/experiments/): one folder per run, `summary.json`, `summary.md` (the
-tables that go into the README), `fig4.png`, `teacher_curves.png` (val teacher mIoU per epoch of
-the first seed's supervised-only, baseline and PPL runs on both layouts) and `experiments.log`
-(what this script said, with times).
+`metrics.json` exists is skipped, so an interrupted set restarts where it stopped; if its
+`config.yaml` differs from what the demo config gives it now (the file was edited since), it is
+still kept, and named "[stale]" with the keys that differ: delete its folder to rerun it.
+Results go to `--out` (default results/experiments/): one folder per run, `summary.json`,
+`summary.md` (the tables that go into the README), `fig4.png`, `teacher_curves.png` (val teacher
+mIoU per epoch of the first seed's supervised-only, baseline and PPL runs on both layouts) and
+`experiments.log` (what this script said, with times).
 
 Runs (1/16 labels unless "full"):
 - Table 3: supervised only; mean-teacher baseline (n = 0); + pull only (n = 2, no Eq. 1);
@@ -115,13 +117,43 @@ def plan(seeds, parts, budget=BUDGET, methods=tuple(TABLE3)):
     return runs
 
 
-def pending(runs, out):
+def changed_keys(folder, argv):
+    """{key: (the finished run's value, the value a run would get now)} for every key the
+    run's config.yaml has whose value differs from `configs/demo.yaml` + `argv` today (keys
+    added to the config after the run was made are not in its file, and are not compared)."""
+    import yaml
+
+    from ppl_tf.config import DEMO_CONFIG, load_config
+
+    saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    now = load_config(DEMO_CONFIG, argv).to_dict()
+    return {
+        key: (saved[key], value)
+        for key, value in now.items()
+        if key in saved and key not in ("out", "cache_dir") and saved[key] != value
+    }
+
+
+def pending(runs, out, cache_dir):
+    """The runs without metrics.json. A finished run whose config differs from what it would
+    be run with now (configs/demo.yaml was edited) is kept, not rerun, and named."""
     todo = []
     for name, overrides in runs:
-        if (out / name / "metrics.json").is_file():
-            say(f"[skip] {name}: finished before")
-        else:
+        folder = out / name
+        if not (folder / "metrics.json").is_file():
             todo.append((name, overrides))
+            continue
+        changed = {}
+        if (folder / "config.yaml").is_file():
+            changed = changed_keys(folder, train_argv(name, overrides, out, cache_dir))
+        if changed:
+            shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+            say(
+                f"[stale] {name}: finished with another config ({shown}); kept and summarized "
+                f"as it is: delete {folder} to rerun it"
+            )
+        else:
+            say(f"[skip] {name}: finished before")
     return todo
 
 
@@ -133,7 +165,7 @@ def train_argv(name, overrides, out, cache_dir):
 def run_all(runs, out, cache_dir, jobs=1):
     """Runs what has not finished; with jobs > 1, that many train.py processes at a time, each
     with cores / jobs TensorFlow threads (small models use two cores poorly)."""
-    todo = pending(runs, out)
+    todo = pending(runs, out, cache_dir)
     if jobs > 1:
         run_parallel(todo, out, cache_dir, jobs)
         return len(todo)
@@ -277,7 +309,7 @@ def summarize(out, seeds):
     lines += [
         "",
         f"Noise study (Appendix A), teacher mIoU (%), seed {first}; drop = mIoU at the row's "
-        "noise minus mIoU at 0% (the paper's \"mIoU Gap\"):",
+        'noise minus mIoU at 0% (the paper\'s "mIoU Gap"):',
         "",
         "| noise | baseline | drop | PPL | drop |",
         "| --- | --- | --- | --- | --- |",

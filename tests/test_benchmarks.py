@@ -188,3 +188,22 @@ def test_onednn_benchmark_times_each_setting_in_its_own_process(tmp_path):
         rows[1]["median_s"] / rows[0]["median_s"], rel=0.02
     )
     assert "| 1 | off |" in (tmp_path / "onednn.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_run_times_the_training_job_and_writes_its_row(tmp_path):
+    out = tmp_path / "results"
+    overrides = ["epochs=1", "steps_per_epoch=2", "warmup_epochs=0", "export=false"]
+    row = load("demo_run").main(["--out", str(out), *overrides, "images_to_log=0"])
+    assert 0 < row["train_minutes"] < row["wall_minutes"] < 15 and row["within_budget"]
+    assert 0.1 < row["peak_memory_gb"] < 24
+    assert 0 <= row["teacher_miou"] <= 1 and 0 <= row["student_miou"] <= 1
+    assert json.loads((out / "demo_run.json").read_text()) == row
+    assert "| within 15 min |" in (out / "demo_run.md").read_text()
+
+
+def test_demo_run_stops_without_writing_when_training_fails(tmp_path):
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit, match="exited with 2; nothing written"):
+        load("demo_run").main(["--out", str(out), "no_such_key=1"])
+    assert not out.exists()

@@ -66,6 +66,25 @@ def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_p
     assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text
 
 
+def test_finished_run_made_with_another_config_is_kept_and_named(tmp_path, capsys):
+    from ppl_tf.config import DEMO_CONFIG, load_config, save_config
+
+    experiments = load()
+    runs = experiments.plan([0], ["fig4", "heldout"], methods=("ppl",))
+    for k, (name, overrides) in enumerate(runs):
+        folder = tmp_path / name
+        folder.mkdir(parents=True)
+        argv = experiments.train_argv(name, overrides, tmp_path, tmp_path / "cache")
+        if k == 0:
+            argv = [*argv, "unsupervised_weight=0.1"]  # made before demo.yaml changed
+        save_config(load_config(DEMO_CONFIG, argv), folder / "config.yaml")
+        (folder / "metrics.json").write_text("{}")
+    assert experiments.pending(runs, tmp_path, tmp_path / "cache") == []
+    out = capsys.readouterr().out
+    assert "[stale] fig4/one_stage_s0: finished with another config (unsupervised_weight: " in out
+    assert "0.1 then, 0.5 now)" in out and "[skip] heldout/ppl_s0: finished before" in out
+
+
 def test_noise_table_gives_each_method_its_drop_from_zero_noise(tmp_path):
     experiments = load()
     values = {"baseline_00": 0.70, "baseline_10": 0.66, "ppl_00": 0.72, "ppl_20": 0.705}
