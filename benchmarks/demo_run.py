@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,19 +44,34 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS), help="folder for demo_run.{json,md}")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    owned = [o for o in args.overrides if o.split("=")[0] in ("out", "export_dir", "cache_dir")]
+    if owned:
+        parser.error(f"{owned[0]}: the run and export go to a temporary folder; use --cache-dir")
     with tempfile.TemporaryDirectory() as work:
         overrides = [f"out={work}/run", f"export_dir={work}/exported", *args.overrides]
         if args.cache_dir:
             overrides.append(f"cache_dir={args.cache_dir}")
         command = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides]
         start = time.perf_counter()
-        code = subprocess.run(command, cwd=ROOT).returncode
+        child = subprocess.Popen(command, cwd=ROOT)
+        # wait4 gives this child's own resource usage (ru_maxrss: its peak, in kB on Linux),
+        # not the largest of every child this process has waited for
+        _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        child.returncode = code
         if code != 0:
             raise SystemExit(f"demo_run.py: scripts/train.py exited with {code}; nothing written")
-        metrics = json.loads((Path(work) / "run" / "metrics.json").read_text())
-    # ru_maxrss of the waited-for children, in kilobytes on Linux
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        metrics_file = Path(work) / "run" / "metrics.json"
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError) as error:
+            message = f"demo_run.py: {metrics_file}: unreadable ({error}); nothing written"
+            raise SystemExit(message) from None
+        missing = [k for k in ("train_seconds", "teacher_miou", "student_miou") if k not in metrics]
+        if missing:
+            raise SystemExit(f"demo_run.py: {metrics_file}: no {missing[0]}; nothing written")
+    peak_gb = usage.ru_maxrss / 1024**2
     row = {
         "overrides": args.overrides,
         "commit": git_commit(),

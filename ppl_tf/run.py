@@ -201,14 +201,19 @@ def write_run_description(config, source, out):
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1) + "\n")
 
 
-def datasets(config, source, splits, skipped):
-    """(training stream, validation batches); unreadable samples are recorded in `skipped`."""
-    augment = AugmentConfig(
+def augment_config(config):
+    """The training stream's `AugmentConfig` for a `TrainConfig`."""
+    return AugmentConfig(
         crop_size=config.crop_size,
         scale_range=(config.scale_min, config.scale_max),
         cutmix=config.cutmix,
         blur_sigma=tuple(config.blur_sigma) if config.blur_sigma else None,
     )
+
+
+def datasets(config, source, splits, skipped):
+    """(training stream, validation batches); unreadable samples are recorded in `skipped`."""
+    augment = augment_config(config)
     train_data = semi_supervised_dataset(
         source,
         splits.labeled,

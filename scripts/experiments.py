@@ -123,10 +123,21 @@ def changed_keys(folder, argv):
     added to the config after the run was made are not in its file, and are not compared)."""
     import yaml
 
-    from ppl_tf.config import DEMO_CONFIG, load_config
+    from ppl_tf.config import DEMO_CONFIG, ConfigError, load_config
 
-    saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    now = load_config(DEMO_CONFIG, argv).to_dict()
+    path = folder / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SystemExit(
+            f"experiments: {path}: not valid YAML ({error}); delete {folder} to rerun it"
+        ) from None
+    if not isinstance(saved, dict):
+        raise SystemExit(f"experiments: {path}: not a mapping of keys; delete {folder} to rerun it")
+    try:
+        now = load_config(DEMO_CONFIG, argv).to_dict()
+    except ConfigError as error:
+        raise SystemExit(f"experiments: run {folder.name}: {error}") from None
     return {
         key: (saved[key], value)
         for key, value in now.items()

@@ -202,6 +202,12 @@ def test_demo_run_times_the_training_job_and_writes_its_row(tmp_path):
     assert "| within 15 min |" in (out / "demo_run.md").read_text()
 
 
+def test_demo_run_refuses_overrides_that_would_move_its_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load("demo_run").main(["--out", str(tmp_path / "results"), f"out={tmp_path}/mine"])
+    assert "out=" in capsys.readouterr().err and not (tmp_path / "results").exists()
+
+
 def test_demo_run_stops_without_writing_when_training_fails(tmp_path):
     out = tmp_path / "results"
     with pytest.raises(SystemExit, match="exited with 2; nothing written"):

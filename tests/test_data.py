@@ -181,10 +181,9 @@ def test_valid_map_marks_padding_only():
 @pytest.mark.parametrize("name", ["voc_r50", "voc_r101", "cityscapes_r50", "cityscapes_r101"])
 def test_paper_configs_blur_with_the_usual_sigma_whatever_their_crop(name):
     from ppl_tf.config import load_config
+    from ppl_tf.run import augment_config
 
-    config = load_config(ROOT / "configs" / f"{name}.yaml")
-    sigma = tuple(config.blur_sigma) if config.blur_sigma else None
-    augment = AugmentConfig(crop_size=config.crop_size, blur_sigma=sigma)
+    augment = augment_config(load_config(ROOT / "configs" / f"{name}.yaml"))
     assert augment.strong_blur_sigma() == pytest.approx((0.1, 2.0))
 
 

@@ -85,6 +85,20 @@ def test_finished_run_made_with_another_config_is_kept_and_named(tmp_path, capsy
     assert "0.1 then, 0.5 now)" in out and "[skip] heldout/ppl_s0: finished before" in out
 
 
+@pytest.mark.parametrize(
+    ("text", "message"), [("out: [", "not valid YAML"), ("- a list", "not a mapping of keys")]
+)
+def test_finished_run_with_an_unreadable_config_is_a_clear_error(tmp_path, text, message):
+    experiments = load()
+    runs = experiments.plan([0], ["fig4"])
+    folder = tmp_path / runs[0][0]
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(text)
+    (folder / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit, match=f"config.yaml: {message}.*delete .*one_stage_s0"):
+        experiments.pending(runs, tmp_path, tmp_path / "cache")
+
+
 def test_noise_table_gives_each_method_its_drop_from_zero_noise(tmp_path):
     experiments = load()
     values = {"baseline_00": 0.70, "baseline_10": 0.66, "ppl_00": 0.72, "ppl_20": 0.705}

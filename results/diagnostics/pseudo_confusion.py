@@ -128,6 +128,8 @@ def main():
     parser.add_argument("--limit", type=int, help="only the first N unlabeled images")
     parser.add_argument("runs", nargs="+", help="run folders with teacher.keras")
     args = parser.parse_args()
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1, got {args.limit}")
     rows = []
     for run in map(Path, args.runs):
         if not (run / "teacher.keras").is_file():
