@@ -129,8 +129,9 @@ def changed_keys(folder, argv):
     try:
         saved = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
+        reason = " ".join(str(error).split())  # PyYAML's message spans lines
         raise SystemExit(
-            f"experiments: {path}: not valid YAML ({error}); delete {folder} to rerun it"
+            f"experiments: {path}: not valid YAML ({reason}); delete {folder} to rerun it"
         ) from None
     if not isinstance(saved, dict):
         raise SystemExit(f"experiments: {path}: not a mapping of keys; delete {folder} to rerun it")
