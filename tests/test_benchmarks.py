@@ -194,7 +194,9 @@ def test_onednn_benchmark_times_each_setting_in_its_own_process(tmp_path):
 def test_demo_run_times_the_training_job_and_writes_its_row(tmp_path):
     out = tmp_path / "results"
     overrides = ["epochs=1", "steps_per_epoch=2", "warmup_epochs=0", "export=false"]
-    row = load("demo_run").main(["--out", str(out), *overrides, "images_to_log=0"])
+    small = ["digits_train_scenes=48", "batch_size=2", "images_to_log=0"]
+    argv = ["--out", str(out), "--cache-dir", str(tmp_path / "cache"), *overrides, *small]
+    row = load("demo_run").main(argv)
     assert 0 < row["train_minutes"] < row["wall_minutes"] < 15 and row["within_budget"]
     assert 0.1 < row["peak_memory_gb"] < 24
     assert 0 <= row["teacher_miou"] <= 1 and 0 <= row["student_miou"] <= 1
