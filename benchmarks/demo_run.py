@@ -1,7 +1,9 @@
 """How long README command 1's training job takes on this machine, and its peak memory.
 
     python benchmarks/demo_run.py                       # the demo as it is (about 14 min here)
-    python benchmarks/demo_run.py epochs=1 steps_per_epoch=2 warmup_epochs=0   # seconds
+    python benchmarks/demo_run.py --out /tmp/quick epochs=1 steps_per_epoch=2   # seconds
+
+(`--out` elsewhere for a quick try: the default folder holds the recorded measurement.)
 
 Runs `scripts/train.py` with `configs/demo.yaml` and the given overrides in a child process
 (run folder and export in a temporary folder, the digit scenes in `--cache-dir`, generated on
