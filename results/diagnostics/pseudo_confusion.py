@@ -36,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 import ppl_tf.layers  # noqa: E402, F401  (registers the custom layers)
 from ppl_tf.config import dataset_source, load_config  # noqa: E402
 from ppl_tf.data.splits import read_split_list  # noqa: E402
+from ppl_tf.evaluation import confusion_matrix, iou_from_confusion  # noqa: E402
 from ppl_tf.models.segmenter import build_training_view  # noqa: E402
 
 FIELDS = [
@@ -90,10 +91,7 @@ class Counts:
         self.pixels += int(valid.sum())
         self.fg += int((valid & (truth > 0)).sum())
         self.fg_confident += int((confident & (truth > 0)).sum())
-        t, p = truth[confident], pred[confident]
-        self.confusion += np.bincount(t * self.k + p, minlength=self.k * self.k).reshape(
-            self.k, self.k
-        )
+        self.confusion += confusion_matrix(truth[confident], pred[confident], self.k)
         wrong = confident & (pred != truth)
         second = np.argsort(probs[wrong], axis=-1)[:, -2]
         self.rank2 += int((second == truth[wrong]).sum())
@@ -105,9 +103,7 @@ class Counts:
         fg_as_bg = c[1:, 0].sum()
         bg_as_fg = c[0, 1:].sum()
         fg_as_fg = c[1:, 1:].sum() - np.trace(c[1:, 1:])
-        union = c.sum(0) + c.sum(1) - np.diag(c)
-        iou = np.diag(c)[union > 0] / union[union > 0]
-        wrong = confident - correct
+        wrong = confident - correct  # every off-diagonal pixel: fg_as_bg + bg_as_fg + fg_as_fg
         digit = confident - c[0, 0]
         return {
             "coverage": confident / self.pixels,
@@ -116,9 +112,9 @@ class Counts:
             "fg_as_bg": fg_as_bg / confident,
             "bg_as_fg": bg_as_fg / confident,
             "fg_as_fg": fg_as_fg / confident,
-            "digit_error": (fg_as_bg + bg_as_fg + fg_as_fg) / digit,
+            "digit_error": wrong / digit,
             "true_rank2": self.rank2 / max(wrong, 1),
-            "pseudo_miou": float(iou.mean()),
+            "pseudo_miou": iou_from_confusion(c)[0],
         }
 
 
