@@ -16,6 +16,10 @@ from ppl_tf.layers import DilatedConv2D, dilated_conv
         ((2, 20, 20, 3), 3, 4, "valid"),
         ((1, 16, 16, 2), (3, 5), (2, 3), "same"),
         ((1, 9, 9, 2), 3, 1, "same"),
+        # rate >= the map: only the center tap reads the image (both axes, one axis, equal)
+        ((2, 8, 8, 4), 3, 12, "same"),
+        ((2, 8, 30, 4), 3, (8, 6), "same"),
+        ((1, 6, 7, 3), (3, 5), (2, 7), "same"),
     ],
 )
 @pytest.mark.parametrize("gradient", ["direct", "portable"])
@@ -67,6 +71,24 @@ def test_graph_uses_direct_dilation_without_space_to_batch(direct, monkeypatch):
     conv = next(op for op in fn.graph.get_operations() if op.type == "Conv2D")
     assert list(conv.get_attr("dilations")) == [1, 6, 6, 1]
     assert conv.get_attr("padding") == b"VALID"
+
+
+def test_rate_beyond_a_static_map_runs_the_center_tap_without_padding():
+    # An 8x8 map at rate 12 (the demo's ASPP): a 1x1 convolution, no Pad op; an unknown size
+    # (exported graphs) keeps the full dilated kernel.
+    layer = DilatedConv2D(4, 3, dilation_rate=12, padding="same")
+    layer.build((None, None, None, 3))
+
+    def ops_for(shape):
+        fn = tf.function(lambda x: layer(x)).get_concrete_function(tf.TensorSpec(shape))
+        return [op for op in fn.graph.get_operations() if op.type in ("Conv2D", "Pad")]
+
+    static = ops_for((2, 8, 8, 3))
+    assert [op.type for op in static] == ["Conv2D"]
+    assert list(static[0].get_attr("dilations")) == [1, 1, 1, 1]
+    assert static[0].inputs[1].shape[:2] == (1, 1)
+    assert sorted(op.type for op in ops_for((None, None, None, 3))) == ["Conv2D", "Pad"]
+    assert sorted(op.type for op in ops_for((2, 13, 13, 3))) == ["Conv2D", "Pad"]
 
 
 def test_round_trip_and_bad_arguments(tmp_path, rng):

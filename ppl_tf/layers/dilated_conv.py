@@ -62,6 +62,27 @@ def _direct_conv_with_portable_gradient(inputs, kernel, rates):
     return conv(inputs, tf.convert_to_tensor(kernel))
 
 
+def _center_taps_only(inputs, kernel, rates):
+    """(kernel, rates) without the taps that can only ever read "same" padding's zeros.
+
+    With an odd kernel and dilation `rate` along an axis of static size <= rate, every tap
+    but the center one lands outside the map for every output pixel: the convolution along
+    that axis is its center tap alone, exactly. DeepLabv3+'s ASPP meets this whenever the
+    crop is small for its rates (the demo: rates 12-36 on an 8x8 map, where the full dilated
+    kernels spent a sixth of a training step multiplying padding). Shapes unknown when the
+    graph is traced (exported models, any image size) keep the full kernel.
+    """
+    kernel = tf.convert_to_tensor(kernel)
+    for axis in (0, 1):
+        size, taps = inputs.shape[1 + axis], kernel.shape[axis]
+        if size is None or taps % 2 == 0 or taps == 1 or rates[axis] < size:
+            continue
+        center = taps // 2
+        kernel = kernel[center : center + 1] if axis == 0 else kernel[:, center : center + 1]
+        rates = [1, rates[1]] if axis == 0 else [rates[0], 1]
+    return kernel, rates
+
+
 @keras.saving.register_keras_serializable(package="ppl_tf")
 class DilatedConv2D(keras.layers.Conv2D):
     """`Conv2D` whose dilated convolutions run on TF's direct dilated kernel.
@@ -94,13 +115,16 @@ class DilatedConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if max(self.dilation_rate) == 1:
             return super().convolution_op(inputs, kernel)
+        rates = list(self.dilation_rate)
         if self.padding == "same":
+            kernel, rates = _center_taps_only(inputs, kernel, rates)
+            if max(rates) == 1:
+                return tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME")
             pads = []
-            for size, rate in zip(self.kernel_size, self.dilation_rate, strict=True):
+            for size, rate in zip(kernel.shape[:2], rates, strict=True):
                 total = rate * (size - 1)
                 pads.append([total // 2, total - total // 2])
             inputs = tf.pad(inputs, [[0, 0], pads[0], pads[1], [0, 0]])
-        rates = list(self.dilation_rate)
         if direct_dilated_gradients_supported(inputs.dtype.name):
             return _direct_conv(inputs, kernel, rates)
         return _direct_conv_with_portable_gradient(inputs, kernel, rates)
