@@ -224,6 +224,7 @@ class PPLTrainer(keras.Model):
         # `ppl_tf.visualize.PseudoLabelLog` reads them after each epoch's last step.
         self.pseudo_classes = ClassHistogram(self.num_classes, name="pseudo_classes")
         self.labeled_classes = ClassHistogram(self.num_classes, name="labeled_classes")
+        self._warmup_variant = False  # set by the train function's dispatcher
         self.built = True
 
     # ------------------------------------------------------------------ setup
@@ -312,10 +313,41 @@ class PPLTrainer(keras.Model):
         return self.student(images, training=training)
 
     # ------------------------------------------------------------------ train
+    def make_train_function(self, force=False):
+        """Two compiled train functions, one for warm-up steps and one for the rest, and a
+        dispatcher that picks by the optimizer's step count.
+
+        During warm-up the unlabeled terms are multiplied by 0 and the strong views' BatchNorm
+        statistics are put back, so the student's pass over the strong views changes nothing
+        but costs about 40% of a step; the warm-up function leaves it out (same weights,
+        same logs; the teacher still labels the weak view for the pseudo-label metrics). A
+        call whose `steps_per_execution` steps would cross the end of warm-up runs the full
+        function, which is exact during warm-up too.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        if not (self.use_unlabeled and self.warmup_steps > 0):
+            self._warmup_variant = False
+            return super().make_train_function(force=True)
+        functions = {}
+        for warm in (True, False):
+            super().make_train_function(force=True)
+            functions[warm] = self.train_function
+
+        def train_function(iterator):
+            step = int(self.optimizer.iterations.numpy())
+            # Read when a function is traced (on its first call, or on a retrace).
+            self._warmup_variant = step + self.steps_per_execution <= self.warmup_steps
+            return functions[self._warmup_variant](iterator)
+
+        self.train_function = train_function
+        return train_function
+
     def train_step(self, data):
         batch = data
         targets = self.pseudo_labels(batch) if self.use_unlabeled else None
-        terms, grads = self._terms_and_gradients(batch, targets)
+        strong_views = targets is not None and not self._warmup_variant
+        terms, grads = self._terms_and_gradients(batch, targets, strong_views)
         self._update(grads)
         alpha = self._update_teacher()
         self._push_banks()
@@ -352,11 +384,11 @@ class PPLTrainer(keras.Model):
         labels = tf.where(valid & noisy, confusing, tf.where(valid, truth, 0))
         return labels, tf.cast(valid, tf.float32)
 
-    def _terms_and_gradients(self, batch, targets):
+    def _terms_and_gradients(self, batch, targets, strong_views=True):
         """Phase 2: the loss terms (a dict) and the student's gradients."""
         variables = self.student.trainable_weights
         with tf.GradientTape() as tape:
-            terms = self.losses_of(batch, targets)
+            terms = self.losses_of(batch, targets, strong_views)
         grads = tape.gradient(terms["loss"], variables)
         # A weight that no loss reached (possible in ablations) gets a zero gradient.
         grads = [
@@ -367,22 +399,24 @@ class PPLTrainer(keras.Model):
     def _in_warmup(self):
         return self.optimizer.iterations < self.warmup_steps
 
-    def losses_of(self, batch, targets):
+    def losses_of(self, batch, targets, strong_views=True):
         """L = L_l + lambda * L_u (Eq. 5-7) of the student on this batch, with every term.
 
-        `targets` (pseudo-labels, mask) switch the unlabeled terms on; with None the student
-        runs on the labeled images alone and the unlabeled terms are 0. During warm-up the
-        unlabeled terms are 0 and the strong views leave no trace in the student: their
-        batch is separate and its BatchNorm statistics are put back (no `tf.cond`, whose
-        branches would hide synchronized BatchNorm's collectives from some replicas).
+        `targets` (pseudo-labels, mask) switch the unlabeled terms on; with None, or with
+        `strong_views` False (the warm-up function), the student runs on the labeled images
+        alone and the unlabeled terms are 0. During warm-up the unlabeled terms are 0 and the
+        strong views leave no trace in the student: their batch is separate and its BatchNorm
+        statistics are put back (no `tf.cond`, whose branches would hide synchronized
+        BatchNorm's collectives from some replicas).
         """
+        strong_views = strong_views and targets is not None
         labeled_masks = tf.cast(batch["labeled_masks"], tf.int32)
         labeled_logits, unlabeled_logits, unlabeled_features = self._student_outputs(
-            batch, strong_views=targets is not None
+            batch, strong_views=strong_views
         )
         terms = {"loss_labeled": self._labeled_loss(labeled_logits, labeled_masks)}
         cross_entropy, contrast = self._unlabeled_losses(
-            unlabeled_logits, unlabeled_features, targets
+            unlabeled_logits, unlabeled_features, targets if strong_views else None
         )
         on = 1.0 if self.warmup_steps <= 0 else 1.0 - tf.cast(self._in_warmup(), tf.float32)
         terms["loss_unlabeled_ce"] = cross_entropy * on
