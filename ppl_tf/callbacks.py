@@ -122,6 +122,17 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 epoch = json.load(handle)["epoch"]
         return int(epoch)
 
+    def __init__(self, backup_dir, epochs=None, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.epochs = None if epochs is None else set(epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Backs up after the epochs in `epochs` (counted from 1; None: every epoch)."""
+        if self.epochs is None or epoch + 1 in self.epochs:
+            super().on_epoch_end(epoch, logs)
+        else:
+            self._current_epoch = epoch + 1
+
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         save_weights_atomically(self.model, self._weights_path, {EPOCH_ATTR: self._current_epoch})
@@ -197,11 +208,19 @@ def keep_epochs_before(path, epoch):
 
 class EpochCSVLogger(keras.callbacks.CSVLogger):
     """`CSVLogger` (appending) with one row per epoch across resumes: the file is opened at
-    the first epoch the run trains, after dropping rows of that epoch and later ones."""
+    the first epoch the run trains, after dropping rows of that epoch and later ones.
 
-    def __init__(self, filename, separator=","):
+    `columns` are written in every row, empty in epochs whose logs lack them (epochs that were
+    not validated): Keras' logger takes its columns from the first epoch it sees.
+    """
+
+    def __init__(self, filename, separator=",", columns=()):
         super().__init__(filename, separator=separator, append=True)
         self._opened = False
+        self.columns = tuple(columns)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {**{key: "" for key in self.columns}, **(logs or {})})
 
     def on_train_begin(self, logs=None):
         self._opened = False  # the first epoch is known only once the backup is restored

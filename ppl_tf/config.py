@@ -118,6 +118,10 @@ class TrainConfig:
     warmup_epochs: int = 10
     # evaluation
     eval_batch_size: int = 8
+    # validate teacher and student (and write the epoch's images and the backup) after every
+    # this many epochs, and always after the first and the last; the best checkpoint is the
+    # best of the validated epochs
+    validate_every: int = 1
     eval_crop: int | None = None  # sliding-window evaluation with this window
     eval_flip: bool = False
     # running
@@ -155,6 +159,7 @@ class TrainConfig:
             "epochs",
             "crop_size",
             "eval_batch_size",
+            "validate_every",
             "memory_length",
             "export_int8_calibration",
         )

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from ppl_tf.callbacks import (
+    EPOCH_END_KEYS,
     AtomicBackupAndRestore,
     BestCheckpoint,
     EpochCSVLogger,
@@ -97,6 +98,7 @@ def train(config, cpu_replicas=None, data_hint=None):
         steps_per_epoch=steps_per_epoch,
         epochs=config.epochs,
         validation_data=val_data,
+        validation_freq=validation_epochs(config.epochs, config.validate_every),
         callbacks=callbacks,
         verbose=1 if chief else 0,
     )
@@ -278,13 +280,20 @@ def build_trainer(config, num_classes, strategy, total_steps, warmup_steps):
     return trainer
 
 
+def validation_epochs(epochs, every):
+    """The epochs (counted from 1) after which a run validates, logs images and backs up:
+    every `every`-th, the first (log.csv takes its columns from it) and the last."""
+    return sorted({1, epochs, *range(every, epochs + 1, every)})
+
+
 def run_callbacks(config, source, work, chief, val_images, val_masks):
     """Progress bar, NaN stop, log.csv, TensorBoard, best checkpoint, the chief's pseudo-label
     log and images, and last the backup."""
+    validated = validation_epochs(config.epochs, config.validate_every)
     callbacks = [
         ShortProgbarLogger(),
         keras.callbacks.TerminateOnNaN(),
-        EpochCSVLogger(str(work / "log.csv")),
+        EpochCSVLogger(str(work / "log.csv"), columns=EPOCH_END_KEYS),
         keras.callbacks.TensorBoard(str(work / "tensorboard")),
         BestCheckpoint(work / "best.weights.h5", monitor="val_teacher_miou"),
     ]
@@ -303,10 +312,11 @@ def run_callbacks(config, source, work, chief, val_images, val_masks):
                 work / "tensorboard",
                 work / "predictions",
                 tau=config.tau,
+                epochs=validated,
             )
         )
     # Last: an epoch is backed up (counts as done) only once everything it writes is written.
-    callbacks.append(AtomicBackupAndRestore(str(work / "backup")))
+    callbacks.append(AtomicBackupAndRestore(str(work / "backup"), epochs=validated))
     return callbacks
 
 

@@ -65,17 +65,21 @@ def save_prediction_grid(path, model, images, masks, palette, tau=0.8):
 
 
 class ImageLogger(keras.callbacks.Callback):
-    """Each epoch: the teacher's predictions and pseudo-labels on a few val images, to
-    TensorBoard (`images` tab) and as `<out>/predictions/epoch_NNN.png`."""
+    """After each epoch in `epochs` (counted from 1; None: every epoch): the teacher's
+    predictions and pseudo-labels on a few val images, to TensorBoard (`images` tab) and as
+    `<out>/predictions/epoch_NNN.png`."""
 
-    def __init__(self, images, masks, palette, log_dir, png_dir=None, tau=0.8):
+    def __init__(self, images, masks, palette, log_dir, png_dir=None, tau=0.8, epochs=None):
         super().__init__()
+        self.epochs = None if epochs is None else set(epochs)
         self.images, self.masks = np.asarray(images), np.asarray(masks)
         self.palette, self.tau = palette, tau
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
         self.png_dir = Path(png_dir) if png_dir else None
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.epochs is not None and epoch + 1 not in self.epochs:
+            return
         teacher = self.model.teacher
         prediction, pseudo = prediction_panels(teacher, self.images, self.masks, self.tau)
         picture = grid(self.images, self.masks, pseudo, prediction, self.palette)
@@ -233,7 +237,9 @@ def plot_curves(log_csv, path):
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
     for axis, (title, keys) in zip(np.atleast_1d(axes), panels, strict=True):
         for key in keys:
-            axis.plot(epochs, series(key), label=key)
+            values = np.asarray(series(key))
+            shown = np.isfinite(values)  # val mIoU exists on validated epochs only
+            axis.plot(np.asarray(epochs)[shown], values[shown], label=key)
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.legend(fontsize=7)

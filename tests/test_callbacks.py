@@ -181,3 +181,30 @@ def test_best_checkpoint_is_atomic_and_remembers_its_score_across_a_resume(tmp_p
     for got, expected in zip(weights_of(check), saved, strict=True):
         np.testing.assert_array_equal(got, expected)
     assert not list(tmp_path.glob(".partial*"))
+
+
+def test_epochs_without_validation_have_empty_val_columns_and_no_backup(tmp_path):
+    from ppl_tf.run import validation_epochs
+
+    assert validation_epochs(10, 1) == list(range(1, 11))
+    assert validation_epochs(10, 4) == [1, 4, 8, 10]  # the first and the last always
+    assert validation_epochs(3, 5) == [1, 3]
+    log = tmp_path / "log.csv"
+    logger = EpochCSVLogger(str(log), columns=("val_miou",))
+    model = small_model()
+    backup = AtomicBackupAndRestore(str(tmp_path / "backup"), epochs=[1, 3])
+    for callback in (logger, backup):
+        callback.set_model(model)
+        callback.on_train_begin()
+    saved_after = []
+    for epoch in range(3):
+        logs = {"loss": 0.5, **({"val_miou": 0.25} if epoch != 1 else {})}
+        for callback in (logger, backup):
+            callback.on_epoch_begin(epoch)
+            callback.on_epoch_end(epoch, logs)
+        saved_after.append(backup._finished_epochs())
+    logger.on_train_end()
+    with open(log, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["val_miou"] for row in rows] == ["0.25", "", "0.25"]
+    assert saved_after == [1, 1, 3]  # epoch 2 was not backed up

@@ -101,6 +101,23 @@ def test_two_epoch_run_writes_everything_and_evaluate_reproduces_it(tmp_path, ca
 
 
 @pytest.mark.slow
+def test_validating_every_few_epochs_keeps_the_best_checkpoint_right(tmp_path):
+    from ppl_tf.config import DEMO_CONFIG, load_config
+    from ppl_tf.run import train
+
+    config = load_config(DEMO_CONFIG, tiny_run(tmp_path, epochs=4, validate_every=3, export=False))
+    metrics = train(config)
+    out = tmp_path / "run"
+    rows = log_rows(out / "log.csv")
+    assert [r["val_teacher_miou"] != "" for r in rows] == [True, False, True, True]
+    pictures = sorted(path.name for path in (out / "predictions").iterdir())
+    assert pictures == ["epoch_001.png", "epoch_003.png", "epoch_004.png"]
+    best_logged = max(float(r["val_teacher_miou"]) for r in rows if r["val_teacher_miou"])
+    assert metrics["teacher_miou"] == pytest.approx(best_logged, abs=1e-4)
+    assert metrics["steps"] == 4 * 3 and (out / "curves.png").is_file()
+
+
+@pytest.mark.slow
 def test_mirrored_run_over_two_logical_cpus(tmp_path, capsys):
     # conftest splits the CPU into two logical devices for the whole test session.
     code = load_repo_script("scripts/train.py").main(
