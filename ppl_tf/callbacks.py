@@ -54,6 +54,23 @@ class ShortProgbarLogger(keras.callbacks.ProgbarLogger):
             print(" - ".join(f"{key}: {float(value):.4f}" for key, value in shown.items()))
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Adds up the wall time spent inside train steps (`seconds`): what a run spends on
+    validation, logs, images and backups is the rest of its training time."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = 0.0
+        self._start = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+
+
 def save_weights_atomically(model, path, attrs=None):
     """`model.save_weights(path)` through a temporary file renamed over `path` when complete,
     with `attrs` stored in the file (so that they cannot disagree with the weights)."""

@@ -30,6 +30,7 @@ from ppl_tf.callbacks import (
     BestCheckpoint,
     EpochCSVLogger,
     ShortProgbarLogger,
+    StepTimer,
 )
 from ppl_tf.choices import NETWORKS
 from ppl_tf.config import dataset_source, save_config
@@ -92,6 +93,8 @@ def train(config, cpu_replicas=None, data_hint=None):
     examples = next(iter(val_data.unbatch().batch(config.images_to_log or 4)))
     val_images, val_masks = (tensor.numpy() for tensor in examples)
     callbacks = run_callbacks(config, source, work, chief, val_images, val_masks)
+    step_timer = StepTimer()  # first: its step times leave out the other callbacks' work
+    callbacks.insert(0, step_timer)
     start = time.perf_counter()
     history = trainer.fit(
         train_data,
@@ -103,6 +106,7 @@ def train(config, cpu_replicas=None, data_hint=None):
         verbose=1 if chief else 0,
     )
     train_seconds = time.perf_counter() - start
+    timing = {"train_seconds": train_seconds, "step_seconds": step_timer.seconds}
     if skipped:  # also in metrics.json; val images were decoded at start, so hardly ever val
         print(f"data: {skipped.summary()}", file=sys.stderr)
     check_finite(history.history.get("loss", []), work / "best.weights.h5")
@@ -111,7 +115,7 @@ def train(config, cpu_replicas=None, data_hint=None):
     trainer.save_weights(work / "final.weights.h5")
     if not chief:
         return None
-    metrics = evaluate_and_save(config, trainer, source, val_data, out, train_seconds, skipped)
+    metrics = evaluate_and_save(config, trainer, source, val_data, out, timing, skipped)
     grid = out / "predictions.png"
     save_prediction_grid(grid, trainer.teacher, val_images, val_masks, source.palette, config.tau)
     if (out / "log.csv").is_file():
@@ -332,9 +336,13 @@ def check_finite(losses, best_checkpoint):
         )
 
 
-def evaluate_and_save(config, trainer, source, val_data, out, train_seconds, skipped):
+def evaluate_and_save(config, trainer, source, val_data, out, timing, skipped):
     """Evaluates teacher and student from the best checkpoint (if any) and writes
-    metrics.json, per_class_iou.md, teacher.keras and student.keras; returns the metrics."""
+    metrics.json, per_class_iou.md, teacher.keras and student.keras; returns the metrics.
+
+    `timing`: {"train_seconds": fit's wall time, "step_seconds": its time inside train steps}.
+    """
+    train_seconds = timing["train_seconds"]
     steps = int(trainer.optimizer.iterations.numpy())
     best = out / "best.weights.h5"
     if best.is_file():
@@ -353,6 +361,7 @@ def evaluate_and_save(config, trainer, source, val_data, out, train_seconds, ski
     metrics.update(
         steps=steps,
         train_seconds=round(train_seconds, 1),
+        step_seconds=round(timing["step_seconds"], 1),
         checkpoint=str(best if best.is_file() else "last epoch"),
         eval={"crop": config.eval_crop, "flip": config.eval_flip},
         skipped_samples={

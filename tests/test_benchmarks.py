@@ -200,6 +200,7 @@ def test_demo_run_times_the_training_job_and_writes_its_row(tmp_path):
     assert 0 < row["train_minutes"] < row["wall_minutes"] < 15 and row["within_budget"]
     assert 0.1 < row["peak_memory_gb"] < 24
     assert 0 <= row["teacher_miou"] <= 1 and 0 <= row["student_miou"] <= 1
+    assert 0 < row["outside_steps_pct"] < 100  # one validation beside two steps
     assert json.loads((out / "demo_run.json").read_text()) == row
     assert "| within 15 min |" in (out / "demo_run.md").read_text()
 
