@@ -92,6 +92,8 @@ class TrainConfig:
     # classifiers see stage i's features x 2^(i-1), the final one x 2^n (undoes Eq. 3's
     # halving for the classifiers' learning speed; Eq. 1-3 compute the same)
     rescale_heads: bool = False
+    # attention scores (Eq. 2) times D^-0.5, as OCRNet's object-attention code scales them
+    scaled_attention: bool = False
     # method
     use_push: bool = True  # pushing (Eq. 1)
     # factor of the contrastive losses inside L_u (Eq. 6: 1); not in the paper, opt-in

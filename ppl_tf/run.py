@@ -251,6 +251,7 @@ def segmenter_from_config(config, num_classes, pretrained=True):
         aspp_rates=config.aspp_rates,
         attention_output_gamma=config.attention_output_gamma,
         rescale_heads=config.rescale_heads,
+        scaled_attention=config.scaled_attention,
     )
 
 

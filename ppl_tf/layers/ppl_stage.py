@@ -27,6 +27,8 @@ class PPLStage(keras.layers.Layer):
         bn_momentum: BatchNormalization momentum of the attention blocks. Defaults to 0.9.
         attention_output_gamma: initial BatchNormalization scale of the attention's output
             block g (`PrototypeAttention`'s `output_gamma`). Defaults to 0.1.
+        scaled_attention: the attention's scores times D^-0.5 (`PrototypeAttention`'s
+            `scale_scores`). Defaults to False.
         classifier_input_scale: the classifier sees `features * classifier_input_scale`.
             Defaults to 1.0. `build_segmenter(rescale_heads=True)` sets 2^(i-1) at stage i to
             undo the halving of Eq. 3's average for the classifier (see there); the bank, the
@@ -49,6 +51,7 @@ class PPLStage(keras.layers.Layer):
         bn_momentum=0.9,
         attention_output_gamma=0.1,
         classifier_input_scale=1.0,
+        scaled_attention=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -61,6 +64,7 @@ class PPLStage(keras.layers.Layer):
         self.use_attention = use_attention
         self.bn_momentum = bn_momentum
         self.attention_output_gamma = float(attention_output_gamma)
+        self.scaled_attention = bool(scaled_attention)
         if not classifier_input_scale > 0:
             raise ValueError(
                 "`classifier_input_scale` must be > 0. "
@@ -75,6 +79,7 @@ class PPLStage(keras.layers.Layer):
                 key_channels,
                 bn_momentum=bn_momentum,
                 output_gamma=attention_output_gamma,
+                scale_scores=scaled_attention,
                 name="attention",
             )
             if use_attention
@@ -127,6 +132,7 @@ class PPLStage(keras.layers.Layer):
             "use_attention": self.use_attention,
             "bn_momentum": self.bn_momentum,
             "attention_output_gamma": self.attention_output_gamma,
+            "scaled_attention": self.scaled_attention,
             "classifier_input_scale": self.classifier_input_scale,
         }
         return {**base_config, **config}

@@ -14,8 +14,10 @@ class PrototypeAttention(keras.layers.Layer):
         w_{hw,kt} = softmax_{kt}( rho(f_hw)^T psi(CM_kt) )                    (Eq. 2)
         f'_hw = ( g( sum_{kt} w_{hw,kt} delta(CM_kt) ) + f_hw ) / 2            (Eq. 3)
 
-    rho and psi are two [1x1 conv + BN + ReLU] units each, delta and g one. The scores are
-    not scaled by 1/sqrt(D): the paper's Eq. 2 has no scale.
+    rho and psi are two [1x1 conv + BN + ReLU] units each, delta and g one. By default the
+    scores are not scaled: the paper's Eq. 2 shows no scale. With `scale_scores` they are
+    multiplied by D^-0.5, as the published code of OCRNet's object attention (whose rho, psi,
+    delta and g these blocks follow) does although its paper's equation shows no scale either.
 
     g's BatchNorm scale starts at `output_gamma` (0.1), not 1: the paper leaves g's
     initialization open, and with a unit scale g(.) starts as large as f while it only
@@ -30,6 +32,8 @@ class PrototypeAttention(keras.layers.Layer):
         bn_momentum: BatchNormalization momentum of the sub-blocks. Defaults to 0.9.
         output_gamma: initial BatchNormalization scale of g. Defaults to 0.1 (1.0 was the
             default before; both are Eq. 3).
+        scale_scores: multiply the scores of Eq. 2 by D^-0.5 before the softmax. Defaults to
+            False.
 
     Call arguments:
         features: (B, H, W, C) float tensor (any rank >= 2 with channels last works).
@@ -44,7 +48,9 @@ class PrototypeAttention(keras.layers.Layer):
     >>> refined = attention(keras.ops.ones((2, 8, 8, 16)), keras.ops.ones((3, 5, 16)))
     """
 
-    def __init__(self, key_channels, bn_momentum=0.9, output_gamma=0.1, **kwargs):
+    def __init__(
+        self, key_channels, bn_momentum=0.9, output_gamma=0.1, scale_scores=False, **kwargs
+    ):
         super().__init__(**kwargs)
         check_int("key_channels", key_channels, minimum=1)
         if not output_gamma > 0:
@@ -52,6 +58,7 @@ class PrototypeAttention(keras.layers.Layer):
         self.key_channels = key_channels
         self.bn_momentum = bn_momentum
         self.output_gamma = float(output_gamma)
+        self.scale_scores = bool(scale_scores)
 
         # === Layers ===
         self.rho = ProjectionBlock(key_channels, depth=2, bn_momentum=bn_momentum, name="rho")
@@ -82,6 +89,8 @@ class PrototypeAttention(keras.layers.Layer):
         queries = self.rho(features, training=training)
         keys = self.psi(self._flat_prototypes(prototypes), training=training)
         scores = ops.matmul(queries, ops.transpose(keys))
+        if self.scale_scores:
+            scores = scores * (self.key_channels**-0.5)
         return ops.softmax(scores, axis=-1)
 
     def call(self, features, prototypes, training=None):
@@ -99,6 +108,7 @@ class PrototypeAttention(keras.layers.Layer):
             "key_channels": self.key_channels,
             "bn_momentum": self.bn_momentum,
             "output_gamma": self.output_gamma,
+            "scale_scores": self.scale_scores,
         }
         return {**base_config, **config}
 

@@ -22,6 +22,7 @@ def build_segmenter(
     aspp_rates=None,
     attention_output_gamma=0.1,
     rescale_heads=False,
+    scaled_attention=False,
     name=None,
 ):
     """Builds the PPL segmenter of Fig. 3 as a functional `keras.Model`.
@@ -57,6 +58,8 @@ def build_segmenter(
             cosines; rho, psi and delta start with a linear map and BatchNormalization, which
             ignore the scale of their input), the classifiers' kernels just come out 2^i
             times smaller. Defaults to False (the plain Eq. 3 network).
+        scaled_attention: every stage's attention scores times D^-0.5 (see
+            `PrototypeAttention`). Defaults to False (Eq. 2 as printed).
         name: model name. Defaults to "ppl_<backbone>_n<num_stages>".
 
     Example:
@@ -92,6 +95,7 @@ def build_segmenter(
             use_attention=use_attention,
             attention_output_gamma=attention_output_gamma,
             classifier_input_scale=2.0 ** (i - 1) if rescale_heads else 1.0,
+            scaled_attention=scaled_attention,
             name=f"ppl_stage_{i}",
         )(features)
     if rescale_heads and num_stages > 0:

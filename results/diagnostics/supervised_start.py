@@ -15,7 +15,15 @@ writes `diag.csv` in `--out`, on the 200 validation scenes:
 - s<i>_g_over_f: mean norm of g(context) over mean norm of f at stage i (Eq. 3's two terms),
   s<i>_g_pixel_std_over_f: the same for their per-channel standard deviation over pixels;
 - s<i>_maxw, s<i>_entropy: the attention's largest weight and its entropy / ln(K*T) (Eq. 2;
-  about 0.49 when each pixel attends to one class's T prototypes only).
+  about 0.49 when each pixel attends to one class's T prototypes only);
+- s<i>_attended_acc: share of pixels whose most attended class (weights summed over its T
+  slots) is their ground-truth class; s<i>_truth_weight: the mean weight on that class;
+  s<i>_class_mass_max: the mean weight of the most attended class (1: one class only);
+- s<i>_slot_cos: cosine between every class's oldest and newest slot in the bank, averaged
+  over classes (1: the T slots are copies of one prototype).
+
+`--freeze-banks` is a control: no bank is ever pushed, every slot keeps the random initial
+classifier (the attention then attends over fixed random keys).
 """
 
 import argparse
@@ -42,14 +50,29 @@ from ppl_tf.evaluation import confusion_matrix, iou_from_confusion  # noqa: E402
 from ppl_tf.models.segmenter import ppl_stages  # noqa: E402
 
 
-def stage_statistics(stage, features):
+def stage_statistics(stage, features, labels):
+    """The stage's attention statistics on `features`; `labels`: ground truth at their size
+    (255 ignored)."""
     attention = stage.attention
     prototypes = stage.memory.read()
     weights = attention.affinity(features, prototypes, training=False)
     values = attention.delta(attention._flat_prototypes(prototypes), training=False)
     g = attention.g(ops.matmul(weights, values), training=False).numpy()
     f, w = features.numpy(), weights.numpy()
+    num_classes, length = prototypes.shape[0], prototypes.shape[1]
+    mass = w.reshape(*w.shape[:-1], num_classes, length).sum(-1)  # per class
+    valid = labels != 255
+    truth = np.take_along_axis(mass, np.where(valid, labels, 0)[..., None], -1)[..., 0]
+    bank = prototypes.numpy() if hasattr(prototypes, "numpy") else np.asarray(prototypes)
+    first, last = bank[:, 0], bank[:, -1]
+    cosines = (first * last).sum(-1) / (
+        np.linalg.norm(first, axis=-1) * np.linalg.norm(last, axis=-1) + 1e-12
+    )
     return {
+        "attended_acc": float((mass.argmax(-1) == labels)[valid].mean()),
+        "truth_weight": float(truth[valid].mean()),
+        "class_mass_max": float(mass.max(-1).mean()),
+        "slot_cos": float(cosines.mean()),
         "g_over_f": float(np.linalg.norm(g, axis=-1).mean() / np.linalg.norm(f, axis=-1).mean()),
         "g_pixel_std_over_f": float(g.std(axis=(0, 1, 2)).mean() / f.std(axis=(0, 1, 2)).mean()),
         "maxw": float(w.max(-1).mean()),
@@ -76,9 +99,11 @@ class HeadLog(keras.callbacks.Callback):
             matrix = confusion_matrix(labels.numpy(), predictions, self.num_classes)
             row[f"head{i}_miou"] = iou_from_confusion(matrix)[0]
         stages = ppl_stages(self.trainer.student)
+        size = outputs["features"][0].shape[1:3]
+        labels = tf.image.resize(self.masks[..., None], size, method="nearest")[..., 0].numpy()
         for i, (stage, features) in enumerate(zip(stages, outputs["features"], strict=True)):
             if stage.attention is not None:
-                for key, value in stage_statistics(stage, features).items():
+                for key, value in stage_statistics(stage, features, labels).items():
                     row[f"s{i + 1}_{key}"] = value
         self.rows.append(row)
         with open(self.path, "w", newline="") as handle:
@@ -117,6 +142,9 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--stop", type=int, default=20, help="epochs to train")
     parser.add_argument("--cache-dir", default=str(ROOT / "data_cache"))
+    parser.add_argument(
+        "--freeze-banks", action="store_true", help="control: banks stay at their random start"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value on top of configs/demo.yaml")
     args = parser.parse_args()
     out = Path(args.out)
@@ -124,6 +152,9 @@ def main():
         out, args.overrides, args.cache_dir
     )
     steps = config.steps_per_epoch
+    if args.freeze_banks:
+        for stage in ppl_stages(trainer.student) + ppl_stages(trainer.teacher):
+            stage.push_classifier = lambda: None
     images, masks = (
         np.concatenate(parts) for parts in zip(*val_data.as_numpy_iterator(), strict=True)
     )
