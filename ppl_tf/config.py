@@ -38,7 +38,7 @@ from ppl_tf.choices import (
 # file of the source tree: configs/ is not installed with the package.
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 DATASETS = ("digits", "voc", "cityscapes", "cityscapes_tfds", "custom")
-DIGIT_LAYOUTS = ("standard", "crowded")
+DIGIT_LAYOUTS = ("standard", "crowded", "overlap")
 
 
 class ConfigError(ValueError):
@@ -68,7 +68,8 @@ class TrainConfig:
     cache_dir: str = "data_cache"  # where digit scenes are written
     digits_train_scenes: int = 4000
     # standard: 64x64 scenes, 2-4 digits of 20-28 px; crowded: 128x128 scenes, 4-8 digits of
-    # 14-22 px, more background (the held-out check of the demo's settings)
+    # 14-22 px, more background (the held-out check of the demo's settings); overlap: 96x96
+    # scenes, 2-3 digits of 30-44 px that may cover each other, striped backgrounds
     digits_layout: str = "standard"
     digits_luma_contrast: float = 60.0  # least luminance step between a digit and its ground
     labeled: str = "1/16"  # a fraction, a count, "all", or a folder of split lists
@@ -321,7 +322,12 @@ def load_config(path=None, overrides=()):
 
 def dataset_source(config, verbose=False):
     """The `SegmentationSource` a config names (digit scenes are materialized on first use)."""
-    from ppl_tf.data.digit_scenes import DigitSceneConfig, crowded_scenes, materialize
+    from ppl_tf.data.digit_scenes import (
+        DigitSceneConfig,
+        crowded_scenes,
+        materialize,
+        overlap_scenes,
+    )
     from ppl_tf.data.sources import load_source
 
     if config.dataset == "digits":
@@ -330,6 +336,8 @@ def dataset_source(config, verbose=False):
         )
         if config.digits_layout == "crowded":
             scenes = crowded_scenes(scenes)
+        elif config.digits_layout == "overlap":
+            scenes = overlap_scenes(scenes)
         return load_source("custom", materialize(config.cache_dir, scenes, verbose=verbose))
     return load_source(config.dataset, config.data_dir, config.tfds_data_dir)
 

@@ -1,4 +1,5 @@
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -458,6 +459,38 @@ def test_crowded_layout_has_more_smaller_digits_and_more_background(tmp_path):
         stats["crowded"]["class_fraction"]["background"]
         > stats["standard"]["class_fraction"]["background"]
     )
+
+
+def test_overlap_layout_lets_large_digits_cover_each_other_on_stripes(tmp_path):
+    from ppl_tf.data.digit_scenes import _key_fields, digit_pools, overlap_scenes, render_scene
+
+    config = overlap_scenes(DigitSceneConfig(num_train=8, num_val=2, seed=1))
+    root = materialize(tmp_path / "overlap", config, verbose=False)
+    assert Image.open(root / "images" / "train_00000.png").size == (96, 96)
+    pool, _, images, targets = digit_pools(config)
+
+    def boxes_meet(mask):  # the bounding boxes of two different digits intersect
+        boxes = []
+        for c in [c for c in np.unique(mask) if c]:
+            ys, xs = np.nonzero(mask == c)
+            boxes.append((ys.min(), ys.max(), xs.min(), xs.max()))
+        return any(
+            a[0] <= b[1] and b[0] <= a[1] and a[2] <= b[3] and b[2] <= a[3]
+            for i, a in enumerate(boxes)
+            for b in boxes[i + 1 :]
+        )
+
+    meet = {}
+    for name, layout in (("overlap", config), ("standard", replace(config, overlap=False))):
+        rng = np.random.default_rng(0)
+        masks = [render_scene(rng, pool, images, targets, layout)[1] for _ in range(40)]
+        meet[name] = sum(boxes_meet(m) for m in masks)
+    # (without overlap two boxes meet only where one class appears twice: one merged box)
+    assert meet["overlap"] >= 15 and meet["standard"] <= 3
+    # Scenes written before the layout keep their cache key: new fields at their defaults
+    # are left out of it.
+    assert "overlap" not in _key_fields(DigitSceneConfig())
+    assert _key_fields(config)["overlap"] is True and _key_fields(config)["texture"] == 40.0
 
 
 def test_digit_scenes_are_deterministic_with_disjoint_pools(tmp_path):

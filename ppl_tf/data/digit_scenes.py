@@ -41,6 +41,21 @@ class DigitSceneConfig:
     min_luma_contrast: float = 60.0
     stroke_threshold: float = 0.3  # glyph coverage above which a pixel is labeled as the digit
     seed: int = 0
+    overlap: bool = False  # digits may cover each other (the later one on top, in the mask too)
+    texture: float = 0.0  # amplitude of a random stripe texture on the background (0: none)
+
+
+# Fields added after scenes were cached: left out of the cache key and the stored config at
+# their defaults, so that the folders written before them stay valid.
+_LATER_FIELDS = {"overlap": False, "texture": 0.0}
+
+
+def _key_fields(config):
+    fields = asdict(config)
+    for key, default in _LATER_FIELDS.items():
+        if fields[key] == default:
+            del fields[key]
+    return fields
 
 
 def digit_pools(config: DigitSceneConfig):
@@ -70,6 +85,11 @@ def _background(rng, config: DigitSceneConfig):
         else:
             x = rng.integers(0, size)
             image[:, x : x + rng.integers(1, 3)] = color
+    if config.texture > 0:  # stripes of a random frequency and direction
+        y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+        angle, period = rng.uniform(0, np.pi), rng.uniform(4, 12)
+        phase = 2 * np.pi * (np.cos(angle) * x + np.sin(angle) * y) / period
+        image = image + config.texture * np.sin(phase)[..., None] * rng.uniform(0.3, 1.0, 3)
     return image
 
 
@@ -110,7 +130,7 @@ def render_scene(rng, pool, images, targets, config: DigitSceneConfig):
     for _ in range(rng.integers(config.digits_per_scene[0], config.digits_per_scene[1] + 1)):
         index = pool[rng.integers(len(pool))]
         side = int(rng.integers(config.digit_size[0], config.digit_size[1] + 1))
-        corner = _place(rng, boxes, side, size)
+        corner = _place(rng, [] if config.overlap else boxes, side, size)
         if corner is None:
             continue
         y0, x0 = corner
@@ -134,6 +154,15 @@ def crowded_scenes(config: DigitSceneConfig = DigitSceneConfig()) -> DigitSceneC
     return replace(config, size=128, digits_per_scene=(4, 8), digit_size=(14, 22), clutter=4)
 
 
+def overlap_scenes(config: DigitSceneConfig = DigitSceneConfig()) -> DigitSceneConfig:
+    """The "overlap" layout: 96x96 scenes with 2-3 large digits of 30-44 px that may cover each
+    other, on striped textured backgrounds (the third layout, on which fixes are chosen
+    beside the standard scenes; the crowded layout stays held out)."""
+    return replace(
+        config, size=96, digits_per_scene=(2, 3), digit_size=(30, 44), overlap=True, texture=40.0
+    )
+
+
 def class_frequencies(masks_dir):
     num_classes = len(CLASS_NAMES)
     counts = np.zeros(num_classes, np.int64)
@@ -153,13 +182,14 @@ def materialize(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbos
     """
     from ppl_tf.data.classes import default_palette
 
-    digest = hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+    fields = _key_fields(config)
+    digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
     key = f"digit_scenes_v{FORMAT_VERSION}_{config.num_train}x{config.num_val}_{digest}"
     root = Path(cache_dir) / key
     stats_file = root / "stats.json"
     if stats_file.is_file():
         stats = json.loads(stats_file.read_text())
-        if stats.get("config") == json.loads(json.dumps(asdict(config))):
+        if stats.get("config") == json.loads(json.dumps(fields)):
             return root
     start = time.perf_counter()
     final = root
@@ -188,7 +218,7 @@ def materialize(cache_dir, config: DigitSceneConfig = DigitSceneConfig(), verbos
     (root / "splits" / "val.txt").write_text("".join(f"{i}\n" for i in val_ids))
     counts = class_frequencies(root / "masks")
     stats = {
-        "config": asdict(config),
+        "config": fields,
         "train_pool": sorted(int(i) for i in train_pool),
         "val_pool": sorted(int(i) for i in val_pool),
         "class_pixels": {name: int(c) for name, c in zip(CLASS_NAMES, counts, strict=True)},
