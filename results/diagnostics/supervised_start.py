@@ -12,6 +12,11 @@ writes `diag.csv` in `--out`, on the 200 validation scenes:
 - val_student_miou / val_teacher_miou / loss_labeled: what log.csv of a run shows;
 - head<i>_miou: the student's mIoU of every head at stride 4 (head0 = stage 1's classifier,
   which sees f itself; the last head = the final classifier), against nearest-downsampled masks;
+- head<i>_digit_acc, head<i>_digit_confident, head<i>_confident_digit_acc: on the pixels whose
+  true class is a digit (not class 0), the head's accuracy, the share whose largest
+  probability passes `tau` (what a pseudo-label from that head would keep), and the accuracy
+  on those; teacher_head<i>_...: the same for the teacher (whose final head labels the
+  unlabeled images);
 - s<i>_g_over_f: mean norm of g(context) over mean norm of f at stage i (Eq. 3's two terms),
   s<i>_g_pixel_std_over_f: the same for their per-channel standard deviation over pixels;
 - s<i>_maxw, s<i>_entropy: the attention's largest weight and its entropy / ln(K*T) (Eq. 2;
@@ -47,7 +52,7 @@ from ppl_tf import run  # noqa: E402
 from ppl_tf.config import DEMO_CONFIG, load_config  # noqa: E402
 from ppl_tf.data import SkippedSamples  # noqa: E402
 from ppl_tf.evaluation import confusion_matrix, iou_from_confusion  # noqa: E402
-from ppl_tf.models.segmenter import ppl_stages  # noqa: E402
+from ppl_tf.models.segmenter import build_training_view, ppl_stages  # noqa: E402
 
 
 def stage_statistics(stage, features, labels):
@@ -80,9 +85,25 @@ def stage_statistics(stage, features, labels):
     }
 
 
+def digit_confidence(name, logits, labels, tau):
+    """Accuracy and confidence of a head on the pixels whose true class is a digit (1..K-1)."""
+    probabilities = tf.nn.softmax(logits, axis=-1).numpy()
+    digit = (labels > 0) & (labels != 255)
+    correct = probabilities.argmax(-1) == labels
+    confident = probabilities.max(-1) > tau
+    return {
+        f"{name}_digit_acc": float(correct[digit].mean()),
+        f"{name}_digit_confident": float(confident[digit].mean()),
+        f"{name}_confident_digit_acc": float(correct[digit & confident].mean())
+        if (digit & confident).any()
+        else float("nan"),
+    }
+
+
 class HeadLog(keras.callbacks.Callback):
-    def __init__(self, trainer, images, masks, num_classes, path, stop):
+    def __init__(self, trainer, images, masks, num_classes, path, stop, tau=0.8):
         super().__init__()
+        self.tau = tau
         self.trainer, self.images, self.masks = trainer, images, masks
         self.num_classes, self.path, self.stop, self.rows = num_classes, path, stop, []
 
@@ -98,6 +119,14 @@ class HeadLog(keras.callbacks.Callback):
             predictions = np.argmax(logits.numpy(), -1)
             matrix = confusion_matrix(labels.numpy(), predictions, self.num_classes)
             row[f"head{i}_miou"] = iou_from_confusion(matrix)[0]
+            row.update(digit_confidence(f"head{i}", logits, labels.numpy(), self.tau))
+        teacher_heads = getattr(self, "teacher_heads", None)
+        if teacher_heads is None:
+            teacher_heads = self.teacher_heads = build_training_view(self.trainer.teacher)
+        for i, logits in enumerate(teacher_heads(self.images, training=False)["logits"]):
+            size = logits.shape[1:3]
+            labels = tf.image.resize(self.masks[..., None], size, method="nearest")[..., 0]
+            row.update(digit_confidence(f"teacher_head{i}", logits, labels.numpy(), self.tau))
         stages = ppl_stages(self.trainer.student)
         size = outputs["features"][0].shape[1:3]
         labels = tf.image.resize(self.masks[..., None], size, method="nearest")[..., 0].numpy()
@@ -158,7 +187,7 @@ def main():
     images, masks = (
         np.concatenate(parts) for parts in zip(*val_data.as_numpy_iterator(), strict=True)
     )
-    log = HeadLog(trainer, images, masks, num_classes, out / "diag.csv", args.stop)
+    log = HeadLog(trainer, images, masks, num_classes, out / "diag.csv", args.stop, config.tau)
     trainer.fit(
         train_data,
         steps_per_epoch=steps,
