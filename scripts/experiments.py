@@ -372,6 +372,19 @@ def summarize(out, seeds):
             else (f"{100 * m['teacher_miou']:.2f}", f"{100 * m['student_miou']:.2f}")
         )
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    if any(m["teacher_miou"] for m in summary["layout3"].values()):
+        lines += [
+            "",
+            "Third layout (overlap: 96x96 scenes, 2-3 digits of 30-44 px that may cover each "
+            f"other, striped backgrounds, 64-px crops), mean ± std over seeds {list(seeds)}, "
+            "mIoU (%):",
+            "",
+            "| method | teacher | student |",
+            "| --- | --- | --- |",
+        ]
+        for name, m in summary["layout3"].items():
+            teacher, student = mean_std(m["teacher_miou"]), mean_std(m["student_miou"])
+            lines.append(f"| {name} | {fmt(teacher, seeds)} | {fmt(student, seeds)} |")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     if any(curve["pseudo_miou"] for curve in summary["fig4"].values()):

@@ -46,7 +46,7 @@ def test_quick_table3_runs_skips_when_restarted_and_summarizes(tmp_path, capsys)
 def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_path):
     experiments = load()
     runs = dict(experiments.plan([3, 4], list(experiments.PARTS)))
-    assert len(runs) == 7 * 2 + 8 + 1 + 3
+    assert len(runs) == 7 * 2 + 8 + 1 + 3 + 3 * 2
     for name, overrides in runs.items():
         # no budget override: configs/demo.yaml's epochs, steps and warm-up apply
         assert not any(
@@ -60,10 +60,23 @@ def test_every_run_uses_the_demo_budget_and_heldout_runs_reach_the_summary(tmp_p
         folder.mkdir(parents=True)
         metrics = {"teacher_miou": 0.1 + 0.1 * k, "student_miou": 0.15 + 0.1 * k}
         (folder / "metrics.json").write_text(json.dumps(metrics))
+    layout3 = {n: o for n, o in runs.items() if n.startswith("layout3/")}
+    assert list(layout3) == [f"layout3/{n}_s{s}" for s in (3, 4) for n in experiments.HELDOUT]
+    assert all("digits_layout=overlap" in o for o in layout3.values())
     summary = experiments.summarize(tmp_path, [3])
     assert summary["heldout"]["baseline"] == {"teacher_miou": 0.2, "student_miou": 0.25}
     text = (tmp_path / "summary.md").read_text()
     assert "| sup_only | 10.00 | 15.00 |" in text and "| ppl | 30.00 | 35.00 |" in text
+    assert "Third layout" not in text  # no run of it yet
+    for s, value in ((3, 0.4), (4, 0.5)):
+        folder = tmp_path / "layout3" / f"ppl_s{s}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(
+            json.dumps({"teacher_miou": value, "student_miou": value + 0.01})
+        )
+    summary = experiments.summarize(tmp_path, [3, 4])
+    assert summary["layout3"]["ppl"]["teacher_miou"] == [0.4, 0.5]
+    assert "| ppl | 45.00 ± 7.07 | 46.00 ± 7.07 |" in (tmp_path / "summary.md").read_text()
 
 
 def test_finished_run_made_with_another_config_is_kept_and_named(tmp_path, capsys):
