@@ -121,6 +121,10 @@ class PPLTrainer(keras.Model):
             does not say. Measured on the digit scenes (README): with one batch, even
             unlabeled images that no loss reaches lowered val mIoU from 27 to 16-20%: the
             labeled loss reaches them through the shared batch statistics and fits to them.
+            Warm-up steps that `fit` runs are labeled-only either way (the warm-up train
+            function); a full step during warm-up (a `steps_per_execution` call crossing its
+            end, or `train_step` called directly) with True puts the strong views through the
+            labeled images' BatchNorm batch.
         teacher: an existing teacher (when restoring); by default a copy of the student.
     """
 

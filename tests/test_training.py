@@ -276,6 +276,18 @@ def test_fit_skips_the_strong_views_in_warmup_with_the_same_result():
         np.testing.assert_allclose(history_a.history[name], values, rtol=1e-5, atol=1e-6)
 
 
+def test_fit_warmup_is_labeled_only_with_joint_batchnorm_too():
+    # One BatchNorm batch would put the strong views into the labeled images' statistics;
+    # fit's warm-up function leaves them out: the student equals a supervised-only one.
+    students = []
+    for kwargs in ({"joint_batchnorm": True, "warmup_steps": 3}, {"use_unlabeled": False}):
+        trainer = make_trainer(seed=6, tau=0.0, **kwargs)
+        _fit_recording_variants(trainer, _stacked_batches(2))
+        students.append(weights_of(trainer.student))
+    for a, b in zip(*students, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "steps_per_execution, expected", [(1, [True] * 3 + [False] * 2), (2, [True, False, False])]
 )
