@@ -128,9 +128,10 @@ class HeadLog(keras.callbacks.Callback):
             labels = tf.image.resize(self.masks[..., None], size, method="nearest")[..., 0]
             row.update(digit_confidence(f"teacher_head{i}", logits, labels.numpy(), self.tau))
         stages = ppl_stages(self.trainer.student)
-        size = outputs["features"][0].shape[1:3]
-        labels = tf.image.resize(self.masks[..., None], size, method="nearest")[..., 0].numpy()
         for i, (stage, features) in enumerate(zip(stages, outputs["features"], strict=True)):
+            size = features.shape[1:3]
+            labels = tf.image.resize(self.masks[..., None], size, method="nearest")[..., 0]
+            labels = labels.numpy()
             if stage.attention is not None:
                 for key, value in stage_statistics(stage, features, labels).items():
                     row[f"s{i + 1}_{key}"] = value
