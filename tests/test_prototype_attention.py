@@ -30,10 +30,11 @@ def block_reference(block, x, training):
     return x
 
 
-def eq23_reference(layer, features, prototypes, training):
+def eq23_reference(layer, features, prototypes, training, scale=1.0):
     f = features.astype(np.float64)
     cm = prototypes.astype(np.float64).reshape(-1, prototypes.shape[-1])  # index k*T + t
     scores = block_reference(layer.rho, f, training) @ block_reference(layer.psi, cm, training).T
+    scores *= scale
     scores -= scores.max(-1, keepdims=True)
     w = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)  # Eq. (2)
     context = w @ block_reference(layer.delta, cm, training)
@@ -59,6 +60,27 @@ def test_matches_eq2_eq3(feature_shape, num_classes, length, key_channels, train
     assert relative_error(w, w_ref) < 1e-5
     refined = layer(features, prototypes, training=training)
     assert relative_error(refined, refined_ref) < 1e-5
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_scaled_scores_divide_by_the_square_root_of_the_key_channels(training, rng):
+    features = rng.normal(size=(2, 4, 5, 16)).astype("float32")
+    prototypes = rng.normal(size=(3, 4, 16)).astype("float32")
+    weights = {}
+    for scaled in (False, True):  # the same weights, with and without the scale
+        keras.utils.set_random_seed(1)
+        layer = PrototypeAttention(8, scale_scores=scaled)
+        layer.build(features.shape, prototypes.shape)
+        randomize_batchnorm(layer, np.random.default_rng(1))
+        w_ref, refined_ref = eq23_reference(
+            layer, features, prototypes, training, scale=8**-0.5 if scaled else 1.0
+        )
+        weights[scaled] = layer.affinity(features, prototypes, training=training)
+        assert relative_error(weights[scaled], w_ref) < 1e-5
+        assert relative_error(layer(features, prototypes, training=training), refined_ref) < 1e-5
+    # softer: the largest weight is lower on average
+    assert float(np.max(weights[True], -1).mean()) < float(np.max(weights[False], -1).mean())
+    assert PrototypeAttention.from_config(layer.get_config()).scale_scores is True
 
 
 def test_standard_layer_checks(tmp_path, rng):
