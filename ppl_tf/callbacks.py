@@ -105,6 +105,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     the rest of the backup folder goes with it, since it describes that backup.
     """
 
+    def __init__(self, backup_dir, epochs=None, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.epochs = None if epochs is None else set(epochs)
+
     def on_train_begin(self, logs=None):
         if not os.path.exists(self._weights_path):
             return
@@ -138,10 +142,6 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             with open(self._training_metadata_path) as handle:
                 epoch = json.load(handle)["epoch"]
         return int(epoch)
-
-    def __init__(self, backup_dir, epochs=None, **kwargs):
-        super().__init__(backup_dir, **kwargs)
-        self.epochs = None if epochs is None else set(epochs)
 
     def on_epoch_end(self, epoch, logs=None):
         """Backs up after the epochs in `epochs` (counted from 1; None: every epoch)."""

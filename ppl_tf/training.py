@@ -332,7 +332,8 @@ class PPLTrainer(keras.Model):
             return self.train_function
         if not (self.use_unlabeled and self.warmup_steps > 0):
             self._warmup_variant = False
-            return super().make_train_function(force=True)
+            super().make_train_function(force=True)
+            return self.train_function
         functions = {}
         for warm in (True, False):
             super().make_train_function(force=True)
@@ -350,8 +351,7 @@ class PPLTrainer(keras.Model):
     def train_step(self, data):
         batch = data
         targets = self.pseudo_labels(batch) if self.use_unlabeled else None
-        strong_views = targets is not None and not self._warmup_variant
-        terms, grads = self._terms_and_gradients(batch, targets, strong_views)
+        terms, grads = self._terms_and_gradients(batch, targets, not self._warmup_variant)
         self._update(grads)
         alpha = self._update_teacher()
         self._push_banks()
